@@ -1,0 +1,98 @@
+"""Write a canvas layout to an image file without a full-size buffer where the format allows.
+
+- PNG: streamed in bands of rows through one zlib stream (any size).
+- TIFF: tiled and pyramidal; every tile of every level is rendered on its own
+  from the objects it touches, the lower levels as SubIFDs of level 0 (the
+  layout OpenSlide-style and OME readers expect).
+- JPEG: rendered in memory (the format caps each side at 65535 px anyway).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from model_ops.datasets.megapixel_digits import Layout, level_shape, render_canvas, render_region
+
+_JPEG_MAX_SIDE = 65500
+_PNG_BAND_ROWS = 256
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(layout: Layout, path: str | os.PathLike) -> None:
+    """Write an 8-bit grayscale PNG, rendering and compressing ``_PNG_BAND_ROWS`` rows at a time."""
+    compressor = zlib.compressobj(6)
+    with open(path, "wb") as out:
+        out.write(b"\x89PNG\r\n\x1a\n")
+        out.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", layout.width, layout.height, 8, 0, 0, 0, 0)))
+        for top in range(0, layout.height, _PNG_BAND_ROWS):
+            rows = render_region(layout, top, 0, min(_PNG_BAND_ROWS, layout.height - top), layout.width)
+            filtered = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), rows], axis=1)  # filter 0
+            data = compressor.compress(filtered.tobytes())
+            if data:
+                out.write(_png_chunk(b"IDAT", data))
+        out.write(_png_chunk(b"IDAT", compressor.flush()))
+        out.write(_png_chunk(b"IEND", b""))
+
+
+def write_jpeg(layout: Layout, path: str | os.PathLike, quality: int = 95) -> None:
+    """Write a grayscale JPEG (in memory: JPEG cannot exceed 65535 px a side)."""
+    from PIL import Image
+
+    if max(layout.height, layout.width) > _JPEG_MAX_SIDE:
+        raise ValueError(f"JPEG sides are limited to {_JPEG_MAX_SIDE} px; use TIFF or PNG for "
+                         f"a {layout.height}x{layout.width} canvas")
+    Image.fromarray(render_canvas(layout)[..., 0]).save(path, quality=quality)
+
+
+def pyramid_factors(height: int, width: int, tile: int) -> list[int]:
+    """Downsampling factors 1, 2, 4, ... until a whole level fits in one tile."""
+    factors = [1]
+    while max(level_shape(height, width, factors[-1])) > tile:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def _tiles(layout: Layout, factor: int, tile: int) -> Iterator[np.ndarray]:
+    """Row-major tiles of one level; edge tiles are cut short (tifffile pads them)."""
+    height, width = level_shape(layout.height, layout.width, factor)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            yield render_region(layout, top, left, min(tile, height - top), min(tile, width - left), factor)
+
+
+def write_tiff(layout: Layout, path: str | os.PathLike, tile: int = 256, compression: str = "zlib") -> list[int]:
+    """Write a tiled pyramidal BigTIFF; returns the downsampling factor of each level.
+
+    Level 0 is the main image; levels 1.. (factor 2, 4, ...) are its SubIFDs,
+    each tile the exact area mean of the full-resolution pixels it covers.
+    """
+    import tifffile
+
+    if tile % 16:
+        raise ValueError(f"TIFF tiles must be a multiple of 16 px, got {tile}")
+    factors = pyramid_factors(layout.height, layout.width, tile)
+    options = dict(dtype=np.uint8, tile=(tile, tile), compression=compression, photometric="minisblack")
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for level, factor in enumerate(factors):
+            tif.write(_tiles(layout, factor, tile),
+                      shape=level_shape(layout.height, layout.width, factor),
+                      subifds=len(factors) - 1 if level == 0 else None,
+                      subfiletype=1 if level else 0,
+                      **options)
+    return factors
+
+
+def write_canvas(layout: Layout, path: str | os.PathLike) -> None:
+    """Write by file extension: ``.png``, ``.jpg``/``.jpeg`` or ``.tif``/``.tiff``."""
+    suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
+    writers = {"png": write_png, "jpg": write_jpeg, "jpeg": write_jpeg, "tif": write_tiff, "tiff": write_tiff}
+    if suffix not in writers:
+        raise ValueError(f"unknown image format {suffix!r}; use one of {sorted(writers)}")
+    writers[suffix](layout, path)
