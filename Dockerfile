@@ -50,7 +50,7 @@ COPY --from=builder /opt/venv /opt/venv
 # ATS_MODEL_REPOSITORY elsewhere) to serve others.
 COPY models/ /opt/ats/models/
 ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
-    ATS_GRPC_PORT=8500 \
+    ATS_PORT=8500 \
     ATS_METRICS_PORT=8502
 WORKDIR /opt/ats
 USER 10001:10001
