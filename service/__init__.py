@@ -1,0 +1,1 @@
+"""The attention-sampling inference service: configuration, prediction pipeline, gRPC server."""

@@ -1,0 +1,75 @@
+"""Decode stage: encoded bytes or a raw tensor to validated uint8 HWC pixels.
+
+Size limits are enforced from the header, before any pixel is decoded, so a
+small file claiming a huge canvas (a decompression bomb) costs nothing.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.pipeline.errors import InvalidInput, TooLarge
+from service.pipeline.payload import RawTensor
+
+FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
+TENSOR_DTYPES = ("uint8",)
+_MODES = {1: "L", 3: "RGB"}
+
+# The server enforces its own --max-image-pixels from the header below; Pillow's
+# process-wide guard would otherwise fire first with a fixed limit.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def _check_pixels(height: int, width: int, max_pixels: int, field: str) -> None:
+    if height * width > max_pixels:
+        raise TooLarge(f"image of {width}x{height} = {height * width} pixels exceeds the "
+                       f"server limit of {max_pixels} pixels", field=field)
+
+
+def _check_bytes(size: int, max_bytes: int, field: str) -> None:
+    if size > max_bytes:
+        raise TooLarge(f"{size} bytes exceed the server limit of {max_bytes} bytes", field=field)
+
+
+def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
+    """Decode an encoded image to (H, W, channels) uint8, converting its colour mode."""
+    _check_bytes(len(data), max_bytes, "image")
+    if not data:
+        raise InvalidInput("image is empty", field="image")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidInput(f"not a recognised image; accepted formats: {', '.join(FORMATS)}",
+                           field="image") from None
+    with image:
+        width, height = image.size
+        _check_pixels(height, width, max_pixels, "image")
+        try:
+            image.load()
+            converted = image.convert(_MODES[channels])
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise InvalidInput(f"corrupt or truncated {image.format} image: {err}",
+                               field="image") from None
+    return np.asarray(converted).reshape(height, width, channels)
+
+
+def tensor_pixels(tensor: RawTensor, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
+    """Validate a raw tensor's dtype, shape and length; view it as (H, W, C) uint8."""
+    if tensor.dtype not in TENSOR_DTYPES:
+        raise InvalidInput(f"tensor dtype {tensor.dtype} is not accepted; use "
+                           f"{' or '.join(TENSOR_DTYPES)}", field="tensor.dtype")
+    shape = tuple(tensor.shape)
+    if len(shape) == 2 and channels == 1:
+        shape = (*shape, 1)
+    if len(shape) != 3 or min(shape) <= 0 or shape[2] != channels:
+        raise InvalidInput(f"tensor shape {list(tensor.shape)} is not (height, width, {channels}) "
+                           f"with positive sizes", field="tensor.shape")
+    _check_pixels(shape[0], shape[1], max_pixels, "tensor.shape")
+    _check_bytes(len(tensor.data), max_bytes, "tensor.data")
+    expected = shape[0] * shape[1] * shape[2]
+    if len(tensor.data) != expected:
+        raise InvalidInput(f"tensor data has {len(tensor.data)} bytes, shape {list(shape)} of "
+                           f"uint8 needs {expected}", field="tensor.data")
+    return np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)

@@ -1,0 +1,12 @@
+"""Extraction stage: cut the chosen full-resolution patches out of the source."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from service.pipeline.sources import ImageSource
+from service.pipeline.spec import ModelSpec
+
+
+def extract(source: ImageSource, offsets: tf.Tensor, spec: ModelSpec) -> tf.Tensor:
+    """uint8 (1, N, ph, pw, C)."""
+    return source.patches(offsets, spec.patch_size)

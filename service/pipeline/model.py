@@ -1,0 +1,50 @@
+"""A loaded model version: its metadata and its three stage signatures.
+
+The server runs the stages one by one (rather than the all-in-one
+``predict_image`` signature) so that each is timed and a cancelled request
+stops between them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import tensorflow as tf
+
+from model_ops.python.ops.loader import load_op_library
+from service.pipeline.spec import ModelSpec, read_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class ServableModel:
+    spec: ModelSpec
+    version: int
+    path: pathlib.Path
+    saved_model: object
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def attention(self, x_low: tf.Tensor) -> tf.Tensor:
+        """uint8 (1, h, w, C) -> float32 (1, Sh, Sw) summing to 1."""
+        return self.saved_model.signatures["attention"](x_low=x_low)["attention"]
+
+    def features(self, patches: tf.Tensor) -> tf.Tensor:
+        """uint8 (M, ph, pw, C) -> float32 (M, D)."""
+        return self.saved_model.signatures["features"](patches=patches)["features"]
+
+    def head(self, features: tf.Tensor) -> tf.Tensor:
+        """float32 (B, D) -> class probabilities (B, K)."""
+        return self.saved_model.signatures["head"](features=features)["probabilities"]
+
+
+def load_servable(name: str, version: int, path: pathlib.Path) -> ServableModel:
+    """Load one version directory; the patch-op library is loaded first because
+    the SavedModel's graphs reference the op."""
+    spec = read_spec(path)
+    if spec.name != name:
+        raise ValueError(f"{path}: ats_model.json names model {spec.name!r}, its directory {name!r}")
+    load_op_library()
+    return ServableModel(spec=spec, version=version, path=path,
+                         saved_model=tf.saved_model.load(str(path)))

@@ -1,0 +1,1 @@
+"""gRPC protocol layer: servicer, model registry, health, metrics and process lifecycle."""

@@ -1,0 +1,113 @@
+"""Translation between ats.v1 messages and the pipeline's plain records."""
+from __future__ import annotations
+
+from ats_api.v1 import attention_sampling_pb2 as pb
+
+from service.pipeline import decode
+from service.pipeline.errors import InvalidInput
+from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
+from service.pipeline.runner import PredictOptions, Prediction
+from service.pipeline.sources import SourceLimits, accepted_kinds
+from service.pipeline.spec import ModelSpec
+from service.server.repository import VersionEntry
+
+_STATES = {"LOADING": pb.ModelVersionStatus.LOADING, "READY": pb.ModelVersionStatus.READY,
+           "UNLOADING": pb.ModelVersionStatus.UNLOADING, "FAILED": pb.ModelVersionStatus.FAILED}
+
+
+def _tensor_payload(tensor: pb.Tensor, data: bytes) -> RawTensor:
+    return RawTensor(shape=tuple(tensor.shape), dtype=pb.DataType.Name(tensor.dtype).lower(), data=data)
+
+
+def payload(request: pb.PredictRequest) -> Payload:
+    """The image of a unary request."""
+    kind = request.WhichOneof("source")
+    if kind == "image":
+        return EncodedImage(request.image)
+    if kind == "tensor":
+        return _tensor_payload(request.tensor, request.tensor.data)
+    if kind == "tile":
+        return TileRef(request.tile.path, request.tile.level if request.tile.HasField("level") else None)
+    raise InvalidInput("the request has no image: set one of image, tensor or tile", field="source")
+
+
+def stream_payload(header: pb.PredictRequest, data: bytes) -> Payload:
+    """The image of a stream: chunks are an encoded image, or the raw bytes of
+    the tensor whose shape and dtype the header gives."""
+    kind = header.WhichOneof("source")
+    if kind is None:
+        return EncodedImage(data)
+    if kind == "tensor" and not header.tensor.data:
+        return _tensor_payload(header.tensor, data)
+    raise InvalidInput("a stream's header carries no pixels: leave its source unset (chunks = "
+                       "encoded image) or give a tensor's shape and dtype without data",
+                       field=f"header.{kind}")
+
+
+def options(request: pb.PredictRequest) -> PredictOptions:
+    if request.n_patches < 0:
+        raise InvalidInput(f"n_patches must be positive (0 for the model default), got "
+                           f"{request.n_patches}", field="n_patches")
+    return PredictOptions(
+        n_patches=request.n_patches,
+        seed=request.seed if request.HasField("seed") else None,
+        mode=pb.SamplingMode.Name(request.mode).lower(),
+        include_crops=request.output.include_patch_crops,
+    )
+
+
+def response(name: str, version: int, spec: ModelSpec, prediction: Prediction,
+             output: pb.OutputOptions) -> pb.PredictResponse:
+    probabilities = prediction.probabilities
+    best = int(probabilities.argmax())
+    height, width, channels = prediction.image_shape
+    attention = pb.AttentionMap(
+        height=prediction.attention.shape[0], width=prediction.attention.shape[1],
+        cell_height=prediction.cell_step[0], cell_width=prediction.cell_step[1],
+        offset_y=prediction.cell_origin[0], offset_x=prediction.cell_origin[1])
+    if output.include_attention_map:
+        attention.values.extend(prediction.attention.ravel().tolist())
+    ph, pw = spec.patch_size
+    patches = []
+    for i, ((y, x), (cy, cx), p) in enumerate(zip(prediction.offsets.tolist(), prediction.cells.tolist(),
+                                                   prediction.patch_probabilities.tolist())):
+        patch = pb.Patch(x=x, y=y, width=pw, height=ph, probability=p, cell_y=cy, cell_x=cx)
+        if prediction.crops is not None:
+            crop = prediction.crops[i]
+            patch.crop.CopyFrom(pb.Tensor(shape=crop.shape, dtype=pb.UINT8, data=crop.tobytes()))
+        patches.append(patch)
+    return pb.PredictResponse(
+        model_name=name, model_version=version,
+        label=spec.classes[best], class_index=best,
+        probabilities=[pb.ClassProbability(name=c, probability=float(p))
+                       for c, p in zip(spec.classes, probabilities.tolist())],
+        attention=attention, patches=patches,
+        timings=[pb.StageTiming(stage=s, seconds=t) for s, t in prediction.timings.items()],
+        seed=prediction.seed, image_height=height, image_width=width, image_channels=channels)
+
+
+def input_support(limits: SourceLimits, max_message_bytes: int) -> pb.InputSupport:
+    return pb.InputSupport(
+        source_kinds=accepted_kinds(), image_formats=list(decode.FORMATS),
+        tensor_dtypes=[pb.DataType.Value(d.upper()) for d in decode.TENSOR_DTYPES],
+        max_image_pixels=limits.max_image_pixels, max_image_bytes=limits.max_image_bytes,
+        max_message_bytes=max_message_bytes)
+
+
+def metadata(name: str, versions: list[VersionEntry], support: pb.InputSupport) -> pb.ModelMetadata:
+    """A model's metadata: its spec from the newest loaded version, all versions' states."""
+    message = pb.ModelMetadata(
+        name=name, inputs=support,
+        versions=[pb.ModelVersionStatus(version=e.version, state=_STATES[e.state.value], message=e.message,
+                                        load_seconds=e.load_seconds) for e in versions])
+    loaded = [e.servable for e in versions if e.servable is not None]
+    if loaded:
+        spec = loaded[-1].spec
+        message.classes.extend(spec.classes)
+        message.low_scale = spec.low_scale
+        message.low_size.extend(spec.low_size or ())
+        message.patch_size.extend(spec.patch_size)
+        message.n_patches, message.max_patches = spec.n_patches, spec.max_patches
+        message.replace, message.channels = spec.replace, spec.channels
+        message.receptive_field = spec.receptive_field
+    return message

@@ -1,0 +1,202 @@
+"""The model repository: finds ``<root>/<name>/<version>/`` directories, loads
+and warms up new versions, unloads removed ones, and answers which loaded
+version serves a request.
+
+Requests hold a reference to the version they started on, so removing a
+version never breaks a request in flight: the version leaves the registry and
+its memory goes once the last such request ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import pathlib
+import threading
+import time
+from typing import Callable, Iterable
+
+from service.pipeline.errors import InvalidInput, NotFound, PipelineError
+from service.pipeline.model import ServableModel, load_servable
+from service.pipeline.spec import METADATA_FILE
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    FAILED = "FAILED"
+
+
+class Unavailable(PipelineError):
+    """The model exists but no version of it is ready yet."""
+
+    code = "UNAVAILABLE"
+
+
+@dataclasses.dataclass
+class VersionEntry:
+    version: int
+    path: pathlib.Path
+    state: State
+    fingerprint: tuple
+    message: str = ""
+    load_seconds: float = 0.0
+    servable: ServableModel | None = None
+
+
+def _fingerprint(path: pathlib.Path) -> tuple | None:
+    """Identity of a complete version directory (None while incomplete), so a
+    failed load is retried only once its files change."""
+    try:
+        stats = [(path / name).stat() for name in ("saved_model.pb", METADATA_FILE)]
+    except FileNotFoundError:
+        return None
+    return tuple((s.st_mtime_ns, s.st_size) for s in stats)
+
+
+def scan_repository(root: pathlib.Path) -> dict[str, dict[int, pathlib.Path]]:
+    """Model name -> version -> directory, for every integer-named directory."""
+    found: dict[str, dict[int, pathlib.Path]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
+Listener = Callable[[str, int, State], None]
+
+
+class ModelRegistry:
+    """Loaded versions by model; thread-safe; one poller thread mutates it."""
+
+    def __init__(self, root: pathlib.Path, default_model: str,
+                 warm_up: Callable[[ServableModel], None], listeners: Iterable[Listener] = ()) -> None:
+        self.root = root
+        self._default_model = default_model
+        self._warm_up = warm_up
+        self._listeners = list(listeners)
+        self._models: dict[str, dict[int, VersionEntry]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading side (request threads) ------------------------------------
+    def default_model(self) -> str:
+        """The configured default, else the only model; "" when ambiguous."""
+        if self._default_model:
+            return self._default_model
+        with self._lock:
+            names = list(self._models)
+        return names[0] if len(names) == 1 else ""
+
+    def snapshot(self) -> dict[str, list[VersionEntry]]:
+        with self._lock:
+            return {name: [dataclasses.replace(e) for _, e in sorted(versions.items())]
+                    for name, versions in self._models.items()}
+
+    def any_ready(self) -> bool:
+        with self._lock:
+            return any(e.state is State.READY for v in self._models.values() for e in v.values())
+
+    def resolve(self, name: str, version: int) -> ServableModel:
+        """The servable for a request; ``version`` 0 means the latest ready one."""
+        if not name:
+            name = self.default_model()
+            if not name:
+                raise InvalidInput("model_name is required: this server serves several models "
+                                   f"({', '.join(self.snapshot())}) and has no default",
+                                   field="model_name")
+        with self._lock:
+            versions = self._models.get(name)
+            if versions is None:
+                raise NotFound(f"model {name!r} is not in the repository", field="model_name")
+            ready = {v: e for v, e in versions.items() if e.state is State.READY}
+            if version == 0:
+                if not ready:
+                    raise Unavailable(f"model {name!r} has no ready version yet")
+                return ready[max(ready)].servable
+            if version not in ready:
+                state = versions[version].state.value if version in versions else "absent"
+                raise NotFound(f"version {version} of model {name!r} is not available ({state}); "
+                               f"ready: {sorted(ready) or 'none'}", field="model_version")
+            return ready[version].servable
+
+    # -- writing side (poller thread) --------------------------------------
+    def poll_once(self) -> None:
+        """Load what appeared or changed, unload what disappeared."""
+        found = scan_repository(self.root)
+        for name, versions in found.items():
+            for version, path in sorted(versions.items()):
+                self._maybe_load(name, version, path)
+        with self._lock:
+            gone = [(n, v) for n, versions in self._models.items() for v in versions
+                    if v not in found.get(n, {})]
+        for name, version in gone:
+            self._unload(name, version)
+
+    def start(self, interval: float) -> None:
+        """Scan now and then every ``interval`` seconds (0: only now) in the background."""
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.poll_once()
+                except Exception:  # a bad scan must not end polling
+                    log.exception("repository scan failed")
+                if interval <= 0 or self._stop.wait(interval):
+                    return
+        self._thread = threading.Thread(target=loop, name="repository-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _set(self, name: str, entry: VersionEntry, state: State) -> None:
+        with self._lock:
+            entry.state = state
+        for listener in self._listeners:
+            listener(name, entry.version, state)
+
+    def _maybe_load(self, name: str, version: int, path: pathlib.Path) -> None:
+        fingerprint = _fingerprint(path)
+        with self._lock:
+            entry = self._models.get(name, {}).get(version)
+        if fingerprint is None or (entry is not None and entry.fingerprint == fingerprint):
+            return  # incomplete, or already loaded / already failed with these very files
+        if entry is not None and entry.state is State.READY:
+            return  # versions are immutable once served; replace by adding a new version
+        entry = VersionEntry(version=version, path=path, state=State.LOADING, fingerprint=fingerprint)
+        with self._lock:
+            self._models.setdefault(name, {})[version] = entry
+        self._set(name, entry, State.LOADING)
+        log.info("loading model %s version %d from %s", name, version, path)
+        started = time.perf_counter()
+        try:
+            servable = load_servable(name, version, path)
+            self._warm_up(servable)
+        except Exception as err:
+            entry.message = f"{type(err).__name__}: {err}"
+            log.error("model %s version %d failed to load: %s", name, version, entry.message)
+            self._set(name, entry, State.FAILED)
+            return
+        entry.load_seconds = time.perf_counter() - started
+        entry.servable = servable
+        log.info("model %s version %d ready in %.2f s", name, version, entry.load_seconds)
+        self._set(name, entry, State.READY)
+
+    def _unload(self, name: str, version: int) -> None:
+        with self._lock:
+            entry = self._models[name][version]
+        self._set(name, entry, State.UNLOADING)
+        with self._lock:
+            del self._models[name][version]
+            if not self._models[name]:
+                del self._models[name]
+        log.info("model %s version %d unloaded (its directory is gone)", name, version)
