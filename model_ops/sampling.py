@@ -40,7 +40,10 @@ def row_keys(seed: SeedLike, batch_size: tf.Tensor) -> tf.Tensor:
     return tf.stack([seed, tf.zeros_like(seed)], axis=1)
 
 
-def _categorical(logits: tf.Tensor, n: int | tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+# The per-row draws are tf.functions so that eager callers get a graph loop
+# rather than one Python iteration per image.
+@tf.function(reduce_retracing=True)
+def _categorical(logits: tf.Tensor, n: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
     """``n`` independent draws per row, as int32 flat indices ``(B, n)``."""
     def draw(args):
         row, key = args
@@ -49,7 +52,8 @@ def _categorical(logits: tf.Tensor, n: int | tf.Tensor, keys: tf.Tensor) -> tf.T
     return tf.map_fn(draw, (logits, keys), fn_output_signature=tf.TensorSpec([None], tf.int32))
 
 
-def _gumbel_top_k(logits: tf.Tensor, n: int | tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+@tf.function(reduce_retracing=True)
+def _gumbel_top_k(logits: tf.Tensor, n: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
     """``n`` draws without replacement per row, in sequential draw order."""
     tiny = float(np.finfo(logits.dtype.as_numpy_dtype).tiny)
 
@@ -62,9 +66,8 @@ def _gumbel_top_k(logits: tf.Tensor, n: int | tf.Tensor, keys: tf.Tensor) -> tf.
     return tf.math.top_k(logits + gumbel, k=n, sorted=True).indices
 
 
-def _check_count(n: int | tf.Tensor, cells: tf.Tensor, replace: bool, mode: str) -> list:
+def _check_count(n: tf.Tensor, cells: tf.Tensor, replace: bool, mode: str) -> list:
     """Assertions that ``n`` cells can be drawn from a map of ``cells`` cells."""
-    n = tf.convert_to_tensor(n, tf.int32)
     checks = [tf.debugging.assert_positive(n, message="n_patches must be positive")]
     if not replace or mode == "top_k":
         checks.append(tf.debugging.assert_less_equal(
@@ -93,6 +96,7 @@ def sample_positions(
     shape = tf.shape(attention_map)
     batch, grid = shape[0], shape[1:]
     flat = tf.reshape(attention_map, [batch, -1])
+    n_patches = tf.convert_to_tensor(n_patches, tf.int32)
     with tf.control_dependencies(_check_count(n_patches, tf.shape(flat)[1], replace, mode)):
         logits = tf.math.log(tf.stop_gradient(flat))
     if mode == "top_k":
