@@ -1,0 +1,37 @@
+"""The low-resolution view: the one function that makes it, everywhere.
+
+Training, export (``predict_image``) and the server all call
+:func:`low_resolution_view`, so a model sees the same pixels at inference as
+in training. Area resampling averages every full-resolution pixel a low-res
+pixel covers (no aliasing of thin strokes), and the result is rounded back
+to uint8 so views stay small and can be cached or sent as they are.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+
+def low_resolution_size(shape: Sequence[int], scale: float) -> tuple[int, int]:
+    """Size ``(h, w)`` of the low view of an ``H x W`` image at ``scale``.
+
+    ``round(H * scale)`` with halves rounded up, at least 1 (``ats_model.json``
+    ``low_scale``). A tiny epsilon absorbs float error in products such as
+    ``1500 * 0.12``.
+    """
+    return tuple(max(1, math.floor(d * scale + 0.5 + 1e-9)) for d in shape[:2])
+
+
+def low_resolution_view(image: tf.Tensor, size: Sequence[int] | tf.Tensor) -> tf.Tensor:
+    """Area-resample ``image`` ``(H, W, C)`` or ``(B, H, W, C)`` uint8 to ``size`` ``(h, w)``.
+
+    Returns uint8 of the same rank (values rounded half away from zero and
+    clipped, so no resampling overshoot can wrap around).
+    """
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        raise TypeError(f"low_resolution_view takes uint8 images, got {image.dtype.name}")
+    resized = tf.image.resize(image, size, method="area")
+    return tf.cast(tf.clip_by_value(tf.math.floor(resized + 0.5), 0, 255), tf.uint8)
