@@ -56,5 +56,5 @@ WORKDIR /opt/ats
 USER 10001:10001
 EXPOSE 8500 8502
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["ats-client", "health", "--server", "localhost:8500"]
+    CMD ["ats-client", "health", "--server", "localhost:8500", "--timeout", "4"]
 ENTRYPOINT ["ats-serve"]

@@ -38,6 +38,13 @@ class Instruction:
         body = self.args.split(" CMD ", 1)[1] if self.keyword == "HEALTHCHECK" else self.args
         return json.loads(body.strip())
 
+    def copy(self) -> tuple[list[str], str, dict[str, str]]:
+        """(sources, destination, --flags) of a COPY."""
+        words = shlex.split(self.args)
+        flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
+        paths = [w for w in words if not w.startswith("--")]
+        return paths[:-1], paths[-1], flags
+
 
 @dataclasses.dataclass
 class Stage:
@@ -57,14 +64,7 @@ class Stage:
         return values
 
     def copies(self) -> list[tuple[list[str], str, dict[str, str]]]:
-        """(sources, destination, --flags) of each COPY."""
-        result = []
-        for instruction in self.all("COPY"):
-            words = shlex.split(instruction.args)
-            flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
-            paths = [w for w in words if not w.startswith("--")]
-            result.append((paths[:-1], paths[-1], flags))
-        return result
+        return [i.copy() for i in self.all("COPY")]
 
     def run_commands(self) -> list[str]:
         """RUN shell commands without their BuildKit --mount options."""
@@ -236,6 +236,9 @@ def test_healthcheck_asks_the_grpc_health_service():
     check = runtime.all("HEALTHCHECK")[-1].json_args()
     assert check[:2] == ["ats-client", "health"] and check[0] in console_scripts()
     assert check[check.index("--server") + 1] == f"localhost:{runtime.env()['ATS_PORT']}"
+    docker_timeout = re.search(r"--timeout=(\d+)s", runtime.all("HEALTHCHECK")[-1].args)
+    assert float(check[check.index("--timeout") + 1]) < int(docker_timeout.group(1)), \
+        "the client must give up before Docker kills it"
 
 
 def _install_calls(tmp_path: pathlib.Path, *args: str, cuda: bool = False) -> list[list[str]]:

@@ -1,0 +1,144 @@
+"""The image's build and start, replayed on this machine without a Docker engine.
+
+The builder and runtime stages are read from the Dockerfile and carried out
+under a temporary root: its COPY instructions copy what the build context
+would hold (after .dockerignore), its install RUNs run the real install
+script into a virtual environment at the stage's path, and the runtime
+stage's ENTRYPOINT starts with its ENV until its HEALTHCHECK command passes.
+Only what needs a Docker engine or root is left out: the base images'
+packages, and the virtual environment sees the system site-packages (so
+TensorFlow is not downloaded again) instead of its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_docker import INSTALL_SCRIPT, ROOT, context_files, parse_dockerfile, stage
+
+# Instructions of the builder and runtime stages that set up the base system.
+SYSTEM_STEPS = ("apt-get ", "python3 -m venv ", "useradd ")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replay_copies(name: str, root: pathlib.Path) -> None:
+    """Carry out a stage's COPY instructions from the build context into ``root``."""
+    workdir = "/"
+    for instruction in stage(name).instructions:
+        if instruction.keyword == "WORKDIR":
+            workdir = instruction.args
+        if instruction.keyword != "COPY":
+            continue
+        sources, dest, flags = instruction.copy()
+        if "from" in flags:
+            continue  # another stage's files: already in place under the same root
+        target = root / pathlib.PurePosixPath(workdir, dest).relative_to("/")
+        into_folder = dest.endswith("/") or len(sources) > 1
+        for source in sources:
+            origin = ROOT / source
+            for file in context_files(source):
+                if origin.is_dir():
+                    out = target / file.relative_to(origin)
+                else:
+                    out = target / file.name if into_folder else target
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, out)
+
+
+def under(root: pathlib.Path, container_path: str) -> pathlib.Path:
+    return root / container_path.lstrip("/")
+
+
+def stage_env(root: pathlib.Path, *names: str) -> dict[str, str]:
+    """ENV of the stages, absolute container paths moved under ``root``."""
+    env = {}
+    for name in names:
+        for key, value in stage(name).env().items():
+            if key != "PATH":
+                env[key] = str(under(root, value)) if value.startswith("/") else value
+    return env
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> pathlib.Path:
+    """The builder stage carried out: a virtual environment holding the project."""
+    assert [s.name for s in parse_dockerfile()][-1] == "runtime"
+    root = tmp_path_factory.mktemp("image")
+    env = dict(os.environ, **stage_env(root, "base-cpu", "base", "builder"))
+    venv = pathlib.Path(env["VIRTUAL_ENV"])
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   check=True)
+    env["PATH"] = f"{venv / 'bin'}:{os.environ['PATH']}"
+    replay_copies("builder", root)
+    workdir = under(root, stage("builder").all("WORKDIR")[-1].args)
+    for command in stage("builder").run_commands():
+        if INSTALL_SCRIPT in command:
+            subprocess.run(command, shell=True, cwd=workdir, env=env, check=True)
+        else:
+            assert command.startswith(SYSTEM_STEPS), f"builder step not replayed: {command}"
+    return root
+
+
+@pytest.mark.slow
+def test_builder_installs_the_project_into_the_virtual_environment(image_root):
+    venv = under(image_root, stage("base").env()["VIRTUAL_ENV"])
+    code = ("import ats_api, ats_client, model_ops, service, json; "
+            "from model_ops.python.ops.loader import load_op_library; load_op_library(); "
+            "print(json.dumps([m.__file__ for m in (ats_api, ats_client, model_ops, service)]))")
+    out = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True,
+                         cwd=image_root, check=True).stdout
+    for module_file in json.loads(out.splitlines()[-1]):
+        assert pathlib.Path(module_file).is_relative_to(venv), f"{module_file} is not the installed copy"
+    assert sorted((venv / "bin").glob("ats-*")), "console scripts missing"
+
+
+@pytest.mark.slow
+def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(image_root):
+    runtime = stage("runtime")
+    assert [s for s in runtime.run_commands() if not s.startswith(SYSTEM_STEPS)] == []
+    replay_copies("runtime", image_root)
+    env = dict(os.environ, **stage_env(image_root, "base-cpu", "base", "runtime"))
+    env["PATH"] = f"{under(image_root, stage('base').env()['VIRTUAL_ENV']) / 'bin'}:{os.environ['PATH']}"
+    image_port = env["ATS_PORT"]
+    env["ATS_PORT"], env["ATS_METRICS_PORT"] = str(free_port()), str(free_port())
+    healthcheck = [a.replace(f"localhost:{image_port}", f"localhost:{env['ATS_PORT']}")
+                   for a in runtime.all("HEALTHCHECK")[-1].json_args()]
+    assert healthcheck != runtime.all("HEALTHCHECK")[-1].json_args()
+    workdir = under(image_root, runtime.all("WORKDIR")[-1].args)
+    server = subprocess.Popen(runtime.all("ENTRYPOINT")[-1].json_args(), cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, f"ats-serve exited:\n{server.stdout.read()}"
+            check = subprocess.run(healthcheck, cwd=workdir, env=env, capture_output=True, text=True)
+            if check.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"never healthy: {check.stdout}{check.stderr}"
+            time.sleep(2)
+        listing = subprocess.run(["ats-client", "models", "--server", f"localhost:{env['ATS_PORT']}"],
+                                 env=env, capture_output=True, text=True, check=True).stdout
+        shipped = {p.name for p in (ROOT / "models").iterdir() if p.is_dir()}
+        served = {line.split(":")[0].removesuffix(" (default)") for line in listing.splitlines()
+                  if line and not line.startswith(" ")}
+        assert served == shipped
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
