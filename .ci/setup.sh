@@ -14,6 +14,5 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     $SUDO systemctl stop prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true
 fi
 
-PIP="python3 -m pip --disable-pip-version-check -q"
-$PIP install "tensorflow==2.21.*" "setuptools>=69" wheel "grpcio-tools>=1.66"
-$PIP install --no-build-isolation -e ".[test]"
+# The project's one install procedure, shared with the Dockerfile.
+bash docker/install.sh -e ".[test]"
