@@ -6,6 +6,8 @@ import json
 import pathlib
 from typing import Any
 
+from model_ops.lowres import low_resolution_size
+
 METADATA_FILE = "ats_model.json"
 SUPPORTED_FORMAT = 1
 
@@ -30,7 +32,7 @@ class ModelSpec:
         """Size of the low-resolution view of a ``height`` x ``width`` image."""
         if self.low_size is not None:
             return self.low_size
-        return round(height * self.low_scale), round(width * self.low_scale)
+        return low_resolution_size((height, width), self.low_scale)
 
 
 def parse_spec(raw: dict[str, Any]) -> ModelSpec:

@@ -39,7 +39,8 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             interceptors=[MetricsInterceptor(self.metrics)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-            options=[("grpc.max_receive_message_length", config.max_message_bytes),
+            options=[("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second server
+                     ("grpc.max_receive_message_length", config.max_message_bytes),
                      ("grpc.max_send_message_length", config.max_message_bytes)])
         pb_grpc.add_AttentionSamplingServicer_to_server(
             AttentionSamplingServicer(self.models, self.metrics, limits, config.max_concurrent_predicts,

@@ -27,9 +27,13 @@ def warmup_shape(servable: ServableModel) -> tuple[int, int, int]:
 
 
 def warm_up(servable: ServableModel) -> None:
-    shape = warmup_shape(servable)
-    pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    payload = RawTensor(shape=shape, dtype="uint8", data=pixels.tobytes())
-    limits = SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
-    for mode in ("sample", "top_k"):
-        runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), limits)
+    """Predict in both modes at two image sizes: the second size lets traced
+    functions generalise to any size before the first real request."""
+    height, width, channels = warmup_shape(servable)
+    rng = np.random.default_rng(0)
+    for shape in ((height, width, channels), (height * 3 // 2, width * 5 // 4, channels)):
+        pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        payload = RawTensor(shape=shape, dtype="uint8", data=pixels.tobytes())
+        limits = SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
+        for mode in ("sample", "top_k"):
+            runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), limits)
