@@ -17,20 +17,23 @@ absl::Status Invalid(InferenceContext* c, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(what, " (in ", c->DebugString(), ")"));
 }
 
-// Spatial dimensions n from whichever input knows it, or -1.
+// Spatial dimensions n from whichever input knows it, or -1. `size` holds
+// n + `extra` values (patch_size: 0, image_shape: 2).
 int64_t SpatialDims(InferenceContext* c, ShapeHandle image, ShapeHandle offsets,
-                    ShapeHandle size) {
+                    ShapeHandle size, int extra) {
   if (c->RankKnown(image)) return c->Rank(image) - 2;
   if (c->RankKnown(offsets) && c->ValueKnown(c->Dim(offsets, 2))) {
     return c->Value(c->Dim(offsets, 2));
   }
-  if (c->RankKnown(size) && c->ValueKnown(c->Dim(size, 0))) return c->Value(c->Dim(size, 0));
+  if (c->RankKnown(size) && c->ValueKnown(c->Dim(size, 0))) {
+    return c->Value(c->Dim(size, 0)) - extra;
+  }
   return -1;
 }
 
 // Checks ranks and the batch, and returns n (-1 when nothing tells it).
 absl::Status CheckInputs(InferenceContext* c, ShapeHandle* image, ShapeHandle offsets,
-                         ShapeHandle size_vector, const char* size_name,
+                         ShapeHandle size_vector, const char* size_name, int extra,
                          DimensionHandle* batch, int64_t* n) {
   if (c->RankKnown(offsets) && c->Rank(offsets) != 3) {
     return Invalid(c, absl::StrCat("offsets must have rank 3 (batch, n_patches, n), got ",
@@ -40,7 +43,7 @@ absl::Status CheckInputs(InferenceContext* c, ShapeHandle* image, ShapeHandle of
     return Invalid(c, absl::StrCat(size_name, " must be a vector, got ",
                                    c->DebugString(size_vector)));
   }
-  *n = SpatialDims(c, *image, offsets, size_vector);
+  *n = SpatialDims(c, *image, offsets, size_vector, extra);
   if (*n == -1) return absl::OkStatus();
   if (*n < 1 || *n > 3) {
     return Invalid(c, absl::StrCat("images must have rank 3, 4 or 5 (batch, 1 to 3 spatial "
@@ -56,8 +59,8 @@ absl::Status CheckInputs(InferenceContext* c, ShapeHandle* image, ShapeHandle of
                                    c->DebugString(*image)));
   }
   if (!c->WithRank(size_vector, 1, &size_vector).ok() ||
-      !c->WithValue(c->Dim(size_vector, 0), *n, &unused).ok()) {
-    return Invalid(c, absl::StrCat(size_name, " must have ", *n, " value(s), got shape ",
+      !c->WithValue(c->Dim(size_vector, 0), *n + extra, &unused).ok()) {
+    return Invalid(c, absl::StrCat(size_name, " must have ", *n + extra, " value(s), got shape ",
                                    c->DebugString(size_vector)));
   }
   if (!c->Merge(c->Dim(*image, 0), c->Dim(offsets, 0), batch).ok()) {
@@ -71,7 +74,7 @@ absl::Status ForwardShape(InferenceContext* c) {
   ShapeHandle image = c->input(0);
   DimensionHandle batch;
   int64_t n;
-  TF_RETURN_IF_ERROR(CheckInputs(c, &image, c->input(1), c->input(2), "patch_size", &batch, &n));
+  TF_RETURN_IF_ERROR(CheckInputs(c, &image, c->input(1), c->input(2), "patch_size", 0, &batch, &n));
   if (n == -1) {
     c->set_output(0, c->UnknownShape());
     return absl::OkStatus();
@@ -98,7 +101,7 @@ absl::Status GradShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(2, &image));
   DimensionHandle batch;
   int64_t n;
-  TF_RETURN_IF_ERROR(CheckInputs(c, &image, c->input(1), c->input(2), "image_shape", &batch, &n));
+  TF_RETURN_IF_ERROR(CheckInputs(c, &image, c->input(1), c->input(2), "image_shape", 2, &batch, &n));
   if (n != -1) {
     ShapeHandle unused;
     if (!c->WithRank(c->input(0), n + 3, &unused).ok()) {
