@@ -179,6 +179,17 @@ class Prometheus:
              f"--web.listen-address={self.url.removeprefix('http://')}"],
             stdout=self._log, stderr=subprocess.STDOUT)
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, (self._log.name, "prometheus exited")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2):
+                    return
+            except OSError:
+                assert time.monotonic() < deadline, "prometheus not ready"
+                time.sleep(0.2)
+
     def query(self, expr: str) -> list[dict]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -196,6 +207,7 @@ class Prometheus:
 def prometheus(ats_server, tmp_path_factory) -> Prometheus:
     server = Prometheus(ats_server.metrics_url, tmp_path_factory.mktemp("prometheus"))
     try:
+        server.wait_ready()
         yield server
     finally:
         server.stop()
