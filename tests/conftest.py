@@ -2,6 +2,7 @@
 real ``ats-serve`` processes on free loopback ports."""
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import shutil
@@ -10,9 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+import types
+import urllib.request
 from typing import Callable, Iterator
 
+import numpy as np
 import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY_MODEL = "tiny"
@@ -26,11 +32,45 @@ def free_port() -> int:
 
 
 def export_tiny(version_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """Export the tiny random-weight model to ``version_dir`` (models/README.md layout)."""
+    """Export the tiny random-weight RGB model to ``version_dir`` (models/README.md layout)."""
     from model_ops.export import export_tiny_model
 
-    export_tiny_model(version_dir, name=TINY_MODEL, seed=seed)
+    export_tiny_model(version_dir, name=TINY_MODEL, channels=3, seed=seed)
     return version_dir
+
+
+def encode_image(pixels: np.ndarray, image_format: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def random_image(height: int, width: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """Noise with a bright square, so attention and JPEG both have something to do."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 64, size=(height, width, channels), dtype=np.uint8)
+    pixels[height // 3: height // 3 + 24, width // 2: width // 2 + 24] = 255
+    return pixels
+
+
+def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+@pytest.fixture(scope="session")
+def helpers() -> types.SimpleNamespace:
+    """The helper functions above, for test modules (which cannot import conftest)."""
+    return types.SimpleNamespace(encode=encode_image, random_image=random_image, scrape=scrape, metric=metric)
 
 
 @pytest.fixture(scope="session")
