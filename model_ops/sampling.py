@@ -105,7 +105,9 @@ def sample_positions(
         indices = _categorical(logits, n_patches, row_keys(seed, batch))
     else:
         indices = _gumbel_top_k(logits, n_patches, row_keys(seed, batch))
+    indices = tf.ensure_shape(indices, [None, tf.get_static_value(n_patches)])
     probs = tf.gather(flat, indices, batch_dims=1)
     coords = tf.unravel_index(tf.reshape(indices, [-1]), tf.cast(grid, tf.int32))
-    cells = tf.reshape(tf.transpose(coords), [batch, -1, attention_map.shape.rank - 1])
-    return cells, probs
+    ndim = attention_map.shape.rank - 1
+    cells = tf.reshape(tf.transpose(coords), [batch, -1, ndim])
+    return tf.ensure_shape(cells, indices.shape.concatenate([ndim])), probs
