@@ -1,0 +1,165 @@
+"""Every bad input gets its precise status, a google.rpc.BadRequest naming the
+field, and leaves the server answering (checked after each test)."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import grpc
+import numpy as np
+import pytest
+from ats_api.v1 import attention_sampling_pb2 as pb
+from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
+from ats_client import AtsClient, AtsError
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+EXHAUSTED, UNIMPLEMENTED = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.fixture(scope="module")
+def client(ats_server):
+    with AtsClient(ats_server.target, retries=0) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def server_still_answers(client, helpers):
+    yield
+    assert client.health() == "SERVING"
+    assert client.predict(helpers.random_image(64, 64), n_patches=2).label
+
+
+def refused(call, code: grpc.StatusCode, field: str | None) -> AtsError:
+    with pytest.raises(AtsError) as caught:
+        call()
+    error = caught.value
+    assert error.code == code, error
+    if field is not None:
+        assert field in error.fields, error.fields
+        assert error.fields[field] == error.message
+    return error
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_corrupt_image(client, helpers):
+    png = bytearray(helpers.encode(helpers.random_image(64, 64)))
+    idat = png.index(b"IDAT") + 4
+    png[idat: idat + 2] = b"\xff\xff"  # a zlib stream header no decoder accepts
+    error = refused(lambda: client.predict(bytes(png)), INVALID, "image")
+    assert "corrupt or truncated PNG" in error.message
+
+
+def test_truncated_image(client, helpers):
+    png = helpers.encode(helpers.random_image(128, 128))
+    refused(lambda: client.predict(png[: len(png) // 2]), INVALID, "image")
+
+
+def test_unknown_format(client, helpers):
+    gif = helpers.encode(helpers.random_image(32, 32), "GIF")
+    error = refused(lambda: client.predict(gif), INVALID, "image")
+    assert "PNG" in error.message and "WEBP" in error.message
+    refused(lambda: client.predict(b"plain text, not an image"), INVALID, "image")
+
+
+def test_empty_image(client):
+    refused(lambda: client.send(pb.PredictRequest(image=b"")), INVALID, "image")
+
+
+def test_no_image_at_all(client):
+    refused(lambda: client.send(pb.PredictRequest(n_patches=2)), INVALID, "source")
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 2), (64, 64, 1), (4096,), (64, 0, 3), (2, 32, 32, 3)])
+def test_wrong_tensor_shape(client, shape):
+    size = int(np.prod(shape))
+    tensor = pb.Tensor(shape=shape, dtype=pb.UINT8, data=bytes(size))
+    refused(lambda: client.send(pb.PredictRequest(tensor=tensor)), INVALID, "tensor.shape")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_wrong_tensor_dtype(client, dtype):
+    error = refused(lambda: client.predict(np.zeros((64, 64, 3), dtype)), INVALID, "tensor.dtype")
+    assert "uint8" in error.message
+
+
+def test_tensor_data_of_the_wrong_length(client):
+    tensor = pb.Tensor(shape=[64, 64, 3], dtype=pb.UINT8, data=bytes(64 * 64 * 3 - 1))
+    refused(lambda: client.send(pb.PredictRequest(tensor=tensor)), INVALID, "tensor.data")
+
+
+@pytest.mark.parametrize("n_patches", [65, -1])
+def test_n_patches_out_of_range(client, helpers, n_patches):
+    error = refused(lambda: client.predict(helpers.random_image(64, 64), n_patches=n_patches),
+                    INVALID, "n_patches")
+    assert str(n_patches) in error.message
+
+
+def test_more_patches_than_cells_without_replacement(client, helpers):
+    # 16x16 at scale 1/8: a 2x2 attention map, 4 cells, drawn without replacement
+    error = refused(lambda: client.predict(helpers.random_image(16, 16), n_patches=5), INVALID, "n_patches")
+    assert "4 attention cells" in error.message
+
+
+def test_unknown_model(client, helpers):
+    refused(lambda: client.predict(helpers.random_image(64, 64), model="nope"), NOT_FOUND, "model_name")
+    refused(lambda: client.metadata("nope"), NOT_FOUND, "model_name")
+
+
+def test_unknown_version(client, helpers):
+    error = refused(lambda: client.predict(helpers.random_image(64, 64), version=7), NOT_FOUND,
+                    "model_version")
+    assert "ready: [1]" in error.message
+
+
+def test_decompression_bomb_is_refused_from_the_header(client):
+    """A PNG claiming 60000x60000 pixels whose data is cut short: refused for
+    its size, not for its truncation, so the check happened before decoding."""
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(bytes(60001)))
+    error = refused(lambda: client.predict(bomb), EXHAUSTED, "image")
+    assert "60000x60000" in error.message and "40000000" in error.message
+
+
+def test_tensor_over_the_pixel_limit(client):
+    tensor = pb.Tensor(shape=[8000, 8000, 3], dtype=pb.UINT8)  # checked before its (absent) data
+    refused(lambda: client.send(pb.PredictRequest(tensor=tensor)), EXHAUSTED, "tensor.shape")
+
+
+def test_stream_over_the_byte_limit(client):
+    oversized = bytes(17 << 20)  # the shared server allows 16 MiB
+    error = refused(lambda: client.predict(oversized), EXHAUSTED, "chunk")
+    assert str(16 << 20) in error.message
+
+
+def test_tile_reference_is_not_implemented_yet(client):
+    error = refused(lambda: client.predict_tile("slides/a.tiff"), UNIMPLEMENTED, "tile")
+    assert "'tile' sources are not supported" in error.message and "image, tensor" in error.message
+
+
+def _raw_stream(target: str, messages: list[pb.PredictStreamRequest]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            pb_grpc.AttentionSamplingStub(channel).PredictStream(iter(messages), timeout=30)
+        except grpc.RpcError as error:
+            raise AtsError.from_rpc_error(error) from None
+
+
+def test_stream_must_start_with_its_header(ats_server):
+    refused(lambda: _raw_stream(ats_server.target, [pb.PredictStreamRequest(chunk=b"\x89PNG")]),
+            INVALID, "header")
+    refused(lambda: _raw_stream(ats_server.target, []), INVALID, "header")
+
+
+def test_stream_header_carries_no_pixels(ats_server, helpers):
+    png = helpers.encode(helpers.random_image(64, 64))
+    messages = [pb.PredictStreamRequest(header=pb.PredictRequest(image=png)),
+                pb.PredictStreamRequest(chunk=png)]
+    refused(lambda: _raw_stream(ats_server.target, messages), INVALID, "header.image")
+
+
+def test_second_header_in_a_stream(ats_server, helpers):
+    header = pb.PredictStreamRequest(header=pb.PredictRequest())
+    refused(lambda: _raw_stream(ats_server.target, [header, header]), INVALID, "header")
