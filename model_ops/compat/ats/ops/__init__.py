@@ -1,0 +1,1 @@
+"""``ats.ops``: the compiled patch op."""

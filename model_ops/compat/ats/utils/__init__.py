@@ -1,0 +1,1 @@
+"""``ats.utils``: layers and regularizers."""
