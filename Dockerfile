@@ -23,13 +23,12 @@ ENV ATS_BUILD_CUDA=1
 FROM base-${VARIANT} AS base
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
 FROM base AS builder
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ make \
+    && apt-get install -y --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
@@ -44,14 +43,16 @@ COPY clients/ clients/
 RUN --mount=type=cache,target=/root/.cache/pip bash docker/install.sh .
 
 FROM base AS runtime
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ats
+RUN groupadd --system --gid 10001 ats \
+    && useradd --system --uid 10001 --gid ats --no-create-home --shell /usr/sbin/nologin ats
 COPY --from=builder /opt/venv /opt/venv
 # The shipped models; mount a repository over this path (or point
 # ATS_MODEL_REPOSITORY elsewhere) to serve others.
 COPY models/ /opt/ats/models/
 ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
     ATS_PORT=8500 \
-    ATS_METRICS_PORT=8502
+    ATS_METRICS_PORT=8502 \
+    PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/ats
 USER 10001:10001
 EXPOSE 8500 8502

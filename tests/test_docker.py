@@ -220,7 +220,8 @@ def test_runtime_runs_as_a_non_root_user():
     uid, _, gid = user.partition(":")
     assert int(uid) >= 1000 and (not gid or int(gid) >= 1000), user
     created = " ".join(stage("runtime").run_commands())
-    assert f"--uid {uid}" in created, "the runtime user must exist in /etc/passwd"
+    assert f"useradd --system --uid {uid} " in created, "the runtime user must exist in /etc/passwd"
+    assert f"groupadd --system --gid {gid} " in created, "and its group in /etc/group"
 
 
 def test_shipped_models_are_the_default_repository():

@@ -26,7 +26,7 @@ import pytest
 from test_docker import INSTALL_SCRIPT, ROOT, context_files, parse_dockerfile, stage
 
 # Instructions of the builder and runtime stages that set up the base system.
-SYSTEM_STEPS = ("apt-get ", "python3 -m venv ", "useradd ")
+SYSTEM_STEPS = ("apt-get ", "python3 -m venv ", "groupadd ")
 
 
 def free_port() -> int:
@@ -96,9 +96,9 @@ def image_root(tmp_path_factory) -> pathlib.Path:
 @pytest.mark.slow
 def test_builder_installs_the_project_into_the_virtual_environment(image_root):
     venv = under(image_root, stage("base").env()["VIRTUAL_ENV"])
-    code = ("import ats_api, ats_client, model_ops, service, json; "
+    code = ("import ats, ats_api, ats_client, model_ops, service, json; "
             "from model_ops.python.ops.loader import load_op_library; load_op_library(); "
-            "print(json.dumps([m.__file__ for m in (ats_api, ats_client, model_ops, service)]))")
+            "print(json.dumps([m.__file__ for m in (ats, ats_api, ats_client, model_ops, service)]))")
     out = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True,
                          cwd=image_root, check=True).stdout
     for module_file in json.loads(out.splitlines()[-1]):
