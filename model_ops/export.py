@@ -116,8 +116,8 @@ def _low_size(image_shape: tf.Tensor, metadata: ModelMetadata) -> tf.Tensor:
     return tf.maximum(tf.cast(tf.floor(scaled), tf.int32), 1)
 
 
-class _Signatures:
-    """The four exported functions, closing over the three networks and the metadata."""
+class ServingFunctions:
+    """The four exported functions over the three networks (also usable in-process, unexported)."""
 
     def __init__(self, attention_net: keras.Model, feature_net: keras.Model, head: keras.Model,
                  metadata: ModelMetadata) -> None:
@@ -175,7 +175,7 @@ def export_model(attention_net: keras.Model, feature_net: keras.Model, head: ker
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} is not empty: model versions are immutable, export a new version")
     metadata = metadata.with_current_versions()
-    fns = _Signatures(attention_net, feature_net, head, metadata)
+    fns = ServingFunctions(attention_net, feature_net, head, metadata)
     c, (ph, pw) = metadata.channels, metadata.patch_size
     archive = keras.export.ExportArchive()
     for net in (attention_net, feature_net, head):
