@@ -1,0 +1,33 @@
+"""Tile references: predict on whole-slide-scale images stored on the server
+while reading only the pyramid level of the low-resolution view and the
+patches the model looks at.
+
+``enable_tile_sources`` is the single entry point the server calls at start.
+"""
+from __future__ import annotations
+
+from service.pipeline.sources import register_source
+from service.tiles.opener import TileOpener
+from service.tiles.readers import FORMATS
+from service.tiles.stats import TileCounters
+
+DEFAULT_CACHE_BYTES = 256 << 20
+
+__all__ = ["DEFAULT_CACHE_BYTES", "FORMATS", "TileOpener", "enable_tile_sources"]
+
+
+def enable_tile_sources(data_root: str, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                        counters: TileCounters | None = None) -> TileOpener | None:
+    """Serve ``tile`` references under ``data_root`` with a decoded-tile cache of
+    ``cache_bytes``, counting reads into ``counters`` (the server's metrics).
+
+    An empty ``data_root`` leaves tile references off (they are then refused
+    as an unsupported source kind). Raises ValueError if the root is not a
+    directory, so a misconfigured server fails at start, not per request.
+    Remote URLs are always refused: this server reads local files only.
+    """
+    if not data_root:
+        return None
+    opener = TileOpener(data_root, cache_bytes, counters)
+    register_source("tile", opener)
+    return opener

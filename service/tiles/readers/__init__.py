@@ -1,0 +1,36 @@
+"""Picks the reader for a confined file: vendor slide formats by extension
+(several are TIFF inside, but only OpenSlide knows their layout), the rest by
+their first bytes, never by a name a client chose."""
+from __future__ import annotations
+
+from service.pipeline.errors import InvalidInput
+from service.pipeline.sources import SourceLimits
+from service.tiles.cache import TileCache
+from service.tiles.paths import FIELD, ConfinedFile
+from service.tiles.readers.base import Reader
+from service.tiles.readers.files import pread_exact
+from service.tiles.readers.plain import PlainReader
+from service.tiles.readers.slide import EXTENSIONS as SLIDE_EXTENSIONS
+from service.tiles.readers.slide import SlideReader
+from service.tiles.readers.tiff import TiffReader
+from service.tiles.stats import Recorder
+
+# What GetModelMetadata can announce for tile references.
+FORMATS = ("TIFF", "BIGTIFF", "OME-TIFF", "PNG", "JPEG",
+           *(ext.lstrip(".").upper() for ext in SLIDE_EXTENSIONS))
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+_PLAIN_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+
+
+def open_reader(file: ConfinedFile, cache: TileCache, recorder: Recorder, limits: SourceLimits) -> Reader:
+    """A reader owning ``file``'s descriptor (closed with the reader)."""
+    if file.real_path.lower().endswith(SLIDE_EXTENSIONS):
+        return SlideReader(file.fd, file.size, file.real_path, file.identity, cache, recorder)
+    head = pread_exact(file.fd, min(8, file.size), 0)
+    recorder.record(bytes_read=len(head))
+    if head.startswith(_TIFF_MAGIC):
+        return TiffReader(file.fd, file.size, file.identity, cache, recorder)
+    if head.startswith(_PLAIN_MAGIC):
+        return PlainReader(file.fd, file.size, file.identity, cache, recorder, limits.max_image_pixels,
+                           limits.max_image_bytes)
+    raise InvalidInput(f"not a readable image: tile references accept {', '.join(FORMATS)}", field=FIELD)

@@ -1,0 +1,95 @@
+"""The reader interface every tile-reference format implements.
+
+A reader exposes an image as pyramid levels cut into a grid of tiles, and
+assembles any region of a level from the tiles it touches, each decoded once
+and kept in the shared cache. Formats differ only in how one tile is loaded;
+a plain PNG is a pyramid of one level made of one tile.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Hashable
+
+import numpy as np
+from PIL import Image
+
+from service.tiles.cache import TileCache
+from service.tiles.stats import Recorder
+
+_PIL_MODES = {1: "L", 3: "RGB"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelGrid:
+    """Size of one pyramid level and of its tiles (edge tiles may be smaller)."""
+
+    height: int
+    width: int
+    tile_height: int
+    tile_width: int
+
+
+def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """(h, w, 1|3|4) uint8 to (h, w, channels) with Pillow's own conversions
+    (alpha dropped, ITU-R 601 luma), so a region converts exactly as the
+    uploaded image does in the decode stage."""
+    if pixels.shape[-1] == 4:
+        pixels = pixels[..., :3]
+    if pixels.shape[-1] == channels:
+        return pixels
+    if channels == 3:
+        return np.repeat(pixels, 3, axis=-1)
+    converted = Image.fromarray(np.ascontiguousarray(pixels), _PIL_MODES[pixels.shape[-1]]).convert("L")
+    return np.asarray(converted)[..., np.newaxis]
+
+
+class Reader(abc.ABC):
+    """A pyramid of tiled levels; level 0 is full resolution."""
+
+    format_name: str  # shown in errors and logs, e.g. "TIFF", "SVS", "PNG"
+
+    def __init__(self, identity: Hashable, cache: TileCache, grids: list[LevelGrid], channels: int) -> None:
+        self._identity = identity
+        self._cache = cache
+        self.grids = grids
+        self.native_channels = channels
+
+    @property
+    def level_shapes(self) -> list[tuple[int, int]]:
+        return [(g.height, g.width) for g in self.grids]
+
+    @abc.abstractmethod
+    def _load_tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
+        """Decode tile (row, col) of ``level`` as (h, w, native channels) uint8,
+        recording bytes read and tiles decoded."""
+
+    def _tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
+        tile, hit = self._cache.get((self._identity, level, row, col),
+                                    lambda: self._load_tile(level, row, col, recorder))
+        recorder.record(cache_hits=int(hit), cache_misses=int(not hit))
+        return tile
+
+    def read(self, level: int, top: int, left: int, height: int, width: int, channels: int,
+             recorder: Recorder) -> np.ndarray:
+        """(height, width, channels) uint8 region of ``level``; outside the level = zeros."""
+        grid = self.grids[level]
+        out = np.zeros((height, width, self.native_channels), np.uint8)
+        y0, y1 = max(top, 0), min(top + height, grid.height)
+        x0, x1 = max(left, 0), min(left + width, grid.width)
+        if y0 < y1 and x0 < x1:
+            for row in range(y0 // grid.tile_height, (y1 - 1) // grid.tile_height + 1):
+                for col in range(x0 // grid.tile_width, (x1 - 1) // grid.tile_width + 1):
+                    self._paste(out, self._tile(level, row, col, recorder), row * grid.tile_height,
+                                col * grid.tile_width, top, left, (y0, y1, x0, x1))
+        return convert_channels(out, channels)
+
+    @staticmethod
+    def _paste(out: np.ndarray, tile: np.ndarray, tile_top: int, tile_left: int, top: int, left: int,
+               bounds: tuple[int, int, int, int]) -> None:
+        """Copy the part of ``tile`` inside ``bounds`` (level coordinates) into ``out`` (at top, left)."""
+        y0, y1, x0, x1 = bounds
+        ty0, ty1 = max(y0, tile_top), min(y1, tile_top + tile.shape[0])
+        tx0, tx1 = max(x0, tile_left), min(x1, tile_left + tile.shape[1])
+        out[ty0 - top:ty1 - top, tx0 - left:tx1 - left] = \
+            tile[ty0 - tile_top:ty1 - tile_top, tx0 - tile_left:tx1 - tile_left]

@@ -1,0 +1,90 @@
+"""The pipeline's ``ImageSource`` over a tiled reader: the low-resolution view
+from the pyramid, patches as full-resolution regions."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from model_ops.lowres import low_resolution_view
+from service.pipeline.errors import InvalidInput, TooLarge
+from service.pipeline.sources import ImageSource
+from service.tiles.readers.base import Reader
+from service.tiles.stats import ReadStats, Recorder
+
+
+def is_aligned(level_shape: tuple[int, int], full_shape: tuple[int, int]) -> bool:
+    """Whether the level covers exactly the image: its size times an integer
+    factor is the full size. A level of ceil(H / f) rows whose last row is a
+    partial block covers more than the image, and resampling it to the view
+    shifts the view by up to one view pixel at the far edge."""
+    factor = max(1, round(full_shape[0] / level_shape[0]))
+    return level_shape[0] * factor == full_shape[0] and level_shape[1] * factor == full_shape[1]
+
+
+def choose_level(level_shapes: list[tuple[int, int]], size: tuple[int, int]) -> int:
+    """The level the low view of ``size`` is resampled from: the coarsest level
+    still at least ``size`` on both sides (nearest to the model's scale without
+    being coarser), preferring levels aligned with level 0; an unaligned one
+    only when no aligned level but level 0 itself fits."""
+    fits = [i for i, (h, w) in enumerate(level_shapes) if h >= size[0] and w >= size[1]]
+    aligned = [i for i in fits if is_aligned(level_shapes[i], level_shapes[0])]
+    candidates = aligned if aligned != [0] else fits
+    return min(candidates, key=lambda i: level_shapes[i][0] * level_shapes[i][1], default=0)
+
+
+class TileSource(ImageSource):
+    """One request's view of a (shared) reader; counts what the request reads."""
+
+    def __init__(self, reader: Reader, channels: int, level: int | None, max_level_pixels: int,
+                 recorder: Recorder) -> None:
+        if level is not None and not 0 <= level < len(reader.grids):
+            raise InvalidInput(f"tile.level {level} does not exist: the image has levels 0 to "
+                               f"{len(reader.grids) - 1}", field="tile.level")
+        self._reader = reader
+        self._channels = channels
+        self._level = level
+        self._max_level_pixels = max_level_pixels
+        self._recorder = recorder
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self._reader.level_shapes[0], self._channels)
+
+    @property
+    def read_stats(self) -> ReadStats:
+        """What this request has read so far."""
+        return self._recorder.request
+
+    @property
+    def format_name(self) -> str:
+        return self._reader.format_name
+
+    def level_for(self, size: tuple[int, int]) -> int:
+        """The level the low view of ``size`` is made from: the request's hint, checked, or the best one."""
+        shapes = self._reader.level_shapes
+        if self._level is None:
+            return choose_level(shapes, size)
+        height, width = shapes[self._level]
+        if height < size[0] or width < size[1]:
+            raise InvalidInput(f"tile.level {self._level} ({width}x{height}) is coarser than the model's "
+                               f"low-resolution view ({size[1]}x{size[0]}); use level "
+                               f"{choose_level(shapes, size)} or lower", field="tile.level")
+        return self._level
+
+    def low_view(self, size: tuple[int, int]) -> tf.Tensor:
+        level = self.level_for(size)
+        height, width = self._reader.level_shapes[level]
+        if height * width > self._max_level_pixels:
+            raise TooLarge(f"the image has no pyramid level close to the model's view: level {level} is "
+                           f"{width}x{height} = {height * width} pixels, over the server limit of "
+                           f"{self._max_level_pixels}; add pyramid levels to the file", field="tile.path")
+        pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
+        return low_resolution_view(pixels[np.newaxis], size)
+
+    def patches(self, offsets: tf.Tensor, patch_size: tuple[int, int]) -> tf.Tensor:
+        height, width = patch_size
+        starts = np.asarray(offsets)[0]
+        crops = [self._reader.read(0, int(y), int(x), height, width, self._channels, self._recorder)
+                 for y, x in starts]
+        stacked = np.stack(crops) if crops else np.zeros((0, height, width, self._channels), np.uint8)
+        return tf.convert_to_tensor(stacked[np.newaxis])
