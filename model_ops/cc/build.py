@@ -10,9 +10,11 @@ binary.
 CUDA kernels are compiled in when a CUDA compiler is found:
 ``ATS_BUILD_CUDA=1`` forces them (failing without nvcc), ``ATS_BUILD_CUDA=0``
 disables them, unset means auto: only a CUDA 12 nvcc counts (TensorFlow's
-wheels are CUDA 12 builds), e.g. from PyPI ``nvidia-cuda-nvcc-cu12``.
-``ATS_NVCC`` names the compiler to try first, ``ATS_CUDA_ARCHS`` (e.g.
-``80,90``) the GPU architectures, ``CXX`` the C++ compiler.
+wheels are CUDA 12 builds; the PyPI ``nvidia-cuda-nvcc-cu12`` wheels ship
+ptxas but no nvcc, so this means a CUDA 12 toolkit). Compilers are looked
+for in ``ATS_NVCC``, then ``PATH``, then ``$CUDA_HOME/bin``.
+``ATS_CUDA_ARCHS`` (e.g. ``80,90``) sets the GPU architectures, ``CXX`` the
+C++ compiler.
 """
 from __future__ import annotations
 
@@ -87,21 +89,8 @@ def _nvcc_version(nvcc: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _pip_cuda_dir(package: str) -> pathlib.Path | None:
-    """Root of a PyPI ``nvidia-*`` CUDA package (``nvidia/<package>``), if installed."""
-    for entry in sys.path:
-        candidate = pathlib.Path(entry or ".") / "nvidia" / package
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 def _nvcc_candidates() -> list[str]:
-    found = [os.environ.get("ATS_NVCC", "")]
-    pip_nvcc = _pip_cuda_dir("cuda_nvcc")
-    if pip_nvcc is not None:
-        found.append(str(pip_nvcc / "bin" / "nvcc"))
-    found.append(shutil.which("nvcc") or "")
+    found = [os.environ.get("ATS_NVCC", ""), shutil.which("nvcc") or ""]
     if os.environ.get("CUDA_HOME"):
         found.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
     return [c for c in dict.fromkeys(found) if c and os.access(c, os.X_OK)]
@@ -115,8 +104,8 @@ def _select_nvcc(mode: str) -> tuple[str, str] | None:
     versions = [(c, v) for c, v in versions if v]
     if mode == "1":
         if not versions:
-            raise BuildError("ATS_BUILD_CUDA=1 but no nvcc found: install "
-                             "nvidia-cuda-nvcc-cu12 or set ATS_NVCC")
+            raise BuildError("ATS_BUILD_CUDA=1 but no nvcc found: install a CUDA 12 "
+                             "toolkit, or set ATS_NVCC or CUDA_HOME")
         return versions[0]
     if mode != "auto":
         raise BuildError(f"ATS_BUILD_CUDA must be 0, 1 or unset, got {mode!r}")
@@ -126,29 +115,41 @@ def _select_nvcc(mode: str) -> tuple[str, str] | None:
     return None
 
 
+def _toolkit_root(nvcc: str) -> pathlib.Path:
+    """The toolkit nvcc belongs to, as nvcc reports it (nvcc may be a wrapper script)."""
+    dryrun = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                            capture_output=True, text=True).stderr
+    match = re.search(r"^#\$ TOP=(.+)$", dryrun, re.MULTILINE)
+    if match:
+        return pathlib.Path(match.group(1).strip()).resolve()
+    return pathlib.Path(nvcc).resolve().parent.parent
+
+
 def _cuda_dirs(nvcc: str, sub: str) -> list[pathlib.Path]:
-    """Existing ``include``/``lib`` dirs of the toolkit around nvcc and of PyPI CUDA packages."""
-    root = pathlib.Path(nvcc).resolve().parent.parent
+    """Existing ``include``/``lib`` dirs of the toolkit nvcc belongs to."""
+    root = _toolkit_root(nvcc)
     names = [sub] if sub == "include" else ["lib64", "lib"]
     dirs = [root / n for n in names] + [root / "targets" / "x86_64-linux" / n for n in names]
-    for package in ("cuda_runtime", "cuda_nvcc"):
-        pip_dir = _pip_cuda_dir(package)
-        if pip_dir is not None:
-            dirs += [pip_dir / n for n in names]
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
 def _cudart_link_flags(nvcc: str) -> list[str]:
-    """Static cudart when the toolkit has it, else the shared one (PyPI wheels)."""
+    """Static cudart when the toolkit has it, else the shared one.
+
+    These flags go before TensorFlow's: libtensorflow_framework exports cudart
+    symbols of its own that would otherwise satisfy ours. The static copy's
+    symbols are kept local so that neither runtime interposes on the other.
+    """
     lib_dirs = _cuda_dirs(nvcc, "lib")
     for d in lib_dirs:
         if (d / "libcudart_static.a").exists():
-            return [str(d / "libcudart_static.a"), "-lrt", "-ldl", "-lpthread"]
+            return [str(d / "libcudart_static.a"), "-Wl,--exclude-libs,libcudart_static.a",
+                    "-lrt", "-ldl", "-lpthread"]
     for d in lib_dirs:
         shared = sorted(d.glob("libcudart.so*"))
         if shared:
             return [f"-L{d}", f"-l:{shared[0].name}", f"-Wl,-rpath,{d}"]
-    raise BuildError(f"no libcudart found next to {nvcc}: install nvidia-cuda-runtime-cu12")
+    raise BuildError(f"no libcudart found in the CUDA toolkit of {nvcc}")
 
 
 def _cuda_archs(nvcc: str, tf_archs: list[str]) -> list[int]:
@@ -198,7 +199,7 @@ def build_op_library(output_dir: pathlib.Path | str | None = None,
     tf = _tensorflow()
     selected = _select_nvcc(cuda or os.environ.get("ATS_BUILD_CUDA", "auto"))
     flags = [*tf["compile_flags"], f"-I{CC_DIR / 'kernels'}"]
-    link = [*tf["link_flags"]]
+    link: list[str] = []
     archs: list[int] = []
     if selected is not None:
         archs = _cuda_archs(selected[0], tf["cuda_archs"])
@@ -206,6 +207,7 @@ def build_op_library(output_dir: pathlib.Path | str | None = None,
         flags += ["-DGOOGLE_CUDA=1", f"-I{cuda_include}",
                   *[f"-I{d}" for d in _cuda_dirs(selected[0], "include")]]
         link += _cudart_link_flags(selected[0])
+    link += tf["link_flags"]
     sources = sorted((CC_DIR / "ops").glob("*.cc")) + sorted(
         s for s in (CC_DIR / "kernels").glob("*.cc") if not s.name.endswith(".cu.cc"))
     if verbose:
