@@ -56,6 +56,8 @@ ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
 WORKDIR /opt/ats
 USER 10001:10001
 EXPOSE 8500 8502
+# Shell form on purpose: a port set with -e ATS_PORT=... is the one checked.
+# hadolint ignore=DL3025
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["ats-client", "health", "--server", "localhost:8500", "--timeout", "4"]
+    CMD ats-client health --server "localhost:${ATS_PORT}" --timeout 4
 ENTRYPOINT ["ats-serve"]

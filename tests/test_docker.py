@@ -16,6 +16,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import string
 import subprocess
 import tomllib
 
@@ -34,9 +35,8 @@ class Instruction:
     args: str
 
     def json_args(self) -> list[str]:
-        """Exec-form arguments (CMD, ENTRYPOINT, HEALTHCHECK CMD)."""
-        body = self.args.split(" CMD ", 1)[1] if self.keyword == "HEALTHCHECK" else self.args
-        return json.loads(body.strip())
+        """Exec-form arguments (CMD, ENTRYPOINT)."""
+        return json.loads(self.args)
 
     def copy(self) -> tuple[list[str], str, dict[str, str]]:
         """(sources, destination, --flags) of a COPY."""
@@ -65,6 +65,11 @@ class Stage:
 
     def copies(self) -> list[tuple[list[str], str, dict[str, str]]]:
         return [i.copy() for i in self.all("COPY")]
+
+    def healthcheck(self, env: dict[str, str]) -> list[str]:
+        """The HEALTHCHECK command as its shell runs it under ``env``."""
+        command = self.all("HEALTHCHECK")[-1].args.split(" CMD ", 1)[1]
+        return [string.Template(word).substitute(env) for word in shlex.split(command)]
 
     def run_commands(self) -> list[str]:
         """RUN shell commands without their BuildKit --mount options."""
@@ -233,9 +238,9 @@ def test_shipped_models_are_the_default_repository():
 
 def test_healthcheck_asks_the_grpc_health_service():
     runtime = stage("runtime")
-    check = runtime.all("HEALTHCHECK")[-1].json_args()
+    check = runtime.healthcheck({"ATS_PORT": "9123"})
     assert check[:2] == ["ats-client", "health"] and check[0] in console_scripts()
-    assert check[check.index("--server") + 1] == f"localhost:{runtime.env()['ATS_PORT']}"
+    assert check[check.index("--server") + 1] == "localhost:9123", "checks the port the server listens on"
     docker_timeout = re.search(r"--timeout=(\d+)s", runtime.all("HEALTHCHECK")[-1].args)
     assert float(check[check.index("--timeout") + 1]) < int(docker_timeout.group(1)), \
         "the client must give up before Docker kills it"
@@ -278,3 +283,14 @@ def test_install_script_gpu_variant_installs_cuda_wheels_and_nvcc(tmp_path):
     assert f"tensorflow[and-cuda]=={version}" in deps
     assert "nvidia-cuda-nvcc-cu12" in deps
 
+
+
+def test_every_documented_setting_exists():
+    """ATS_* names in the deployment files and docs are server settings, the
+    build's CUDA switch, or the client's server address."""
+    known = server_config_env() | {"ATS_BUILD_CUDA", "ATS_SERVER"}
+    files = [DOCKERFILE, ROOT / "docker" / "README.md", ROOT / "docker" / "compose.yaml",
+             *sorted((ROOT / "docker" / "k8s").rglob("*.yaml"))]
+    for path in files:
+        unknown = set(re.findall(r"\bATS_[A-Z0-9_]+\b", path.read_text())) - known
+        assert not unknown, f"{path.relative_to(ROOT)} names unknown settings {sorted(unknown)}"

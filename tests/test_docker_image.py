@@ -113,11 +113,8 @@ def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(imag
     replay_copies("runtime", image_root)
     env = dict(os.environ, **stage_env(image_root, "base-cpu", "base", "runtime"))
     env["PATH"] = f"{under(image_root, stage('base').env()['VIRTUAL_ENV']) / 'bin'}:{os.environ['PATH']}"
-    image_port = env["ATS_PORT"]
     env["ATS_PORT"], env["ATS_METRICS_PORT"] = str(free_port()), str(free_port())
-    healthcheck = [a.replace(f"localhost:{image_port}", f"localhost:{env['ATS_PORT']}")
-                   for a in runtime.all("HEALTHCHECK")[-1].json_args()]
-    assert healthcheck != runtime.all("HEALTHCHECK")[-1].json_args()
+    healthcheck = runtime.healthcheck(env)
     workdir = under(image_root, runtime.all("WORKDIR")[-1].args)
     server = subprocess.Popen(runtime.all("ENTRYPOINT")[-1].json_args(), cwd=workdir, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
