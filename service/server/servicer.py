@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 import grpc
@@ -25,6 +26,26 @@ log = logging.getLogger(__name__)
 
 class AtCapacity(PipelineError):
     code = "RESOURCE_EXHAUSTED"
+
+
+_DEADLINE_SLACK = 0.25  # seconds
+
+
+def _caller_gone(context: grpc.ServicerContext, settle: bool) -> str | None:
+    """"DEADLINE_EXCEEDED" or "CANCELLED" when the caller is gone, else None.
+
+    A cancelled upload ends the request iterator a moment before the context
+    shows the cancellation; with ``settle`` the context gets 100 ms to catch
+    up, so a cut-off stream counts as cancelled rather than as a truncated image.
+    """
+    give_up = time.monotonic() + (0.1 if settle else 0.0)
+    while True:
+        if not context.is_active():
+            # the client's own deadline timer cancels a moment before the server's fires
+            return "DEADLINE_EXCEEDED" if context.time_remaining() < _DEADLINE_SLACK else "CANCELLED"
+        if time.monotonic() >= give_up:
+            return None
+        time.sleep(0.005)
 
 
 class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
@@ -90,14 +111,11 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
                                              prediction.image_shape[0] * prediction.image_shape[1] / 1e6,
                                              len(prediction.offsets))
             return convert.response(model.name, model.version, model.spec, prediction, request.output)
-        except Cancelled as err:
-            remaining = context.time_remaining()
-            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-            log.info("%s stopped: %s (%s)", rpc, err.message, code)
-            err.code = code
-            status.abort(context, err)
         except PipelineError as err:
-            code = err.code
+            code = _caller_gone(context, settle=rpc == "PredictStream") or err.code
+            if code != err.code:
+                log.info("%s stopped, caller gone (%s): %s", rpc, code, err.message)
+                err.code = code
             status.abort(context, err)
         except Exception:
             code = "INTERNAL"

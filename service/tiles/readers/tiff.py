@@ -56,6 +56,10 @@ def _grid(page: tifffile.TiffPage) -> LevelGrid:
     if grid.tile_height * grid.tile_width * page.samplesperpixel > MAX_SEGMENT_BYTES:
         raise InvalidInput(f"TIFF segments of {grid.tile_width}x{grid.tile_height} pixels are too large to "
                            "read by region; save the image tiled (e.g. 256x256 tiles)", field=FIELD)
+    expected = -(-grid.height // grid.tile_height) * -(-grid.width // grid.tile_width)
+    if len(page.dataoffsets) != expected or len(page.databytecounts) != expected:
+        raise InvalidInput(f"corrupt TIFF: {len(page.dataoffsets)} segment offsets for {expected} segments",
+                           field=FIELD)
     return grid
 
 
