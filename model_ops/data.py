@@ -71,7 +71,7 @@ class InMemoryImage(MultiResolutionImage):
 
 
 class FromTensors(keras.utils.PyDataset):
-    """Batches ``([x_0, ..., x_L], y)`` of in-memory arrays for ``Model.fit``.
+    """Batches ``((x_0, ..., x_L), y)`` of in-memory arrays for ``Model.fit``.
 
     ``xs`` is a list of arrays with the same first (sample) dimension, one per
     resolution, lowest first (``[x_low, x_high]`` for ``attention_sampling``);
@@ -111,10 +111,10 @@ class FromTensors(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
         xs = [x[rows] for x in self._xs]
-        inputs = xs[0] if len(xs) == 1 else xs
+        inputs = xs[0] if len(xs) == 1 else tuple(xs)
         if self._y is None:
             return (inputs,)
-        targets = [t[rows] for t in self._targets]
+        targets = tuple(t[rows] for t in self._targets)
         return inputs, targets if self._is_list else targets[0]
 
     def on_epoch_end(self) -> None:
