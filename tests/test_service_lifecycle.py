@@ -3,6 +3,7 @@ version swap under load, SIGTERM drain, capacity limits, deadlines and
 cancellation."""
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -58,7 +59,7 @@ def versions(client: AtsClient) -> list[tuple[int, int]]:
 def test_health_follows_model_readiness(start_server, tmp_path, tiny_model_dir):
     repo = tmp_path / "repo"
     repo.mkdir()
-    server = start_server(repo, "--poll-interval", "0.2", wait=False)
+    server = start_server(repo, "--poll-interval", "0.2", "--log-format", "json", wait=False)
     with AtsClient(server.target, retries=0, timeout=5) as client:
         wait_for(lambda: health(client) == "NOT_SERVING", what="port open, no model")
         assert health(client, "tiny") == "NOT_FOUND"
@@ -81,6 +82,10 @@ def test_health_follows_model_readiness(start_server, tmp_path, tiny_model_dir):
         wait_for(lambda: health(client, "tiny") == "NOT_SERVING", what="model removed")
         assert health(client) == "NOT_SERVING"
         assert versions(client) == []
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert records[0]["message"].startswith("effective configuration")
+    assert records[0]["config"]["poll_interval"] == {"value": 0.2, "from": "flag"}
+    assert any("failed to load" in r["message"] and r["level"] == "ERROR" for r in records)
 
 
 def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_model_dir, helpers, tmp_path):

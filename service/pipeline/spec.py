@@ -1,15 +1,12 @@
-"""The model's ``ats_model.json`` (see models/README.md) as a typed, checked record."""
+"""A model version's ``ats_model.json`` (see models/README.md) as the typed
+record the pipeline runs on, read and version-checked by model_ops.export."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-from typing import Any
 
+from model_ops.export import ModelMetadata, check_compatible, load_metadata
 from model_ops.lowres import low_resolution_size
-
-METADATA_FILE = "ats_model.json"
-SUPPORTED_FORMAT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +21,6 @@ class ModelSpec:
     replace: bool
     receptive_field: int
     channels: int
-    pixel_scale: float
-    feature_dim: int
-    raw: dict[str, Any]
 
     def low_shape(self, height: int, width: int) -> tuple[int, int]:
         """Size of the low-resolution view of a ``height`` x ``width`` image."""
@@ -35,36 +29,24 @@ class ModelSpec:
         return low_resolution_size((height, width), self.low_scale)
 
 
-def parse_spec(raw: dict[str, Any]) -> ModelSpec:
-    """Check and type the metadata; raises ValueError naming the bad key."""
-    if raw.get("format") != SUPPORTED_FORMAT:
-        raise ValueError(f"{METADATA_FILE}: format {raw.get('format')!r} is not {SUPPORTED_FORMAT}")
-    if raw.get("input_dtype", "uint8") != "uint8":
-        raise ValueError(f"{METADATA_FILE}: input_dtype {raw['input_dtype']!r} is not 'uint8'")
-    try:
-        spec = ModelSpec(
-            name=str(raw["name"]),
-            classes=tuple(str(c) for c in raw["classes"]),
-            low_scale=float(raw["low_scale"]),
-            low_size=tuple(int(v) for v in raw["low_size"]) if raw.get("low_size") else None,
-            patch_size=tuple(int(v) for v in raw["patch_size"]),
-            n_patches=int(raw["n_patches"]),
-            max_patches=int(raw["max_patches"]),
-            replace=bool(raw["replace"]),
-            receptive_field=int(raw.get("receptive_field", 0)),
-            channels=int(raw["channels"]),
-            pixel_scale=float(raw["pixel_scale"]),
-            feature_dim=int(raw["feature_dim"]),
-            raw=dict(raw),
-        )
-    except KeyError as err:
-        raise ValueError(f"{METADATA_FILE}: missing key {err}") from None
-    if spec.channels not in (1, 3):
-        raise ValueError(f"{METADATA_FILE}: channels must be 1 or 3, not {spec.channels}")
-    if len(spec.patch_size) != 2 or not 1 <= spec.n_patches <= spec.max_patches:
-        raise ValueError(f"{METADATA_FILE}: inconsistent patch_size/n_patches/max_patches")
-    return spec
+def spec_from_metadata(metadata: ModelMetadata) -> ModelSpec:
+    """Check what the server relies on beyond the metadata format itself."""
+    if metadata.input_dtype != "uint8" or metadata.channels not in (1, 3):
+        raise ValueError(f"model {metadata.name!r}: the server takes uint8 images of 1 or 3 channels, "
+                         f"not {metadata.input_dtype} x {metadata.channels}")
+    if len(metadata.patch_size) != 2 or not 1 <= metadata.n_patches <= metadata.max_patches:
+        raise ValueError(f"model {metadata.name!r}: inconsistent patch_size/n_patches/max_patches")
+    return ModelSpec(
+        name=metadata.name, classes=tuple(metadata.classes), low_scale=float(metadata.low_scale),
+        low_size=tuple(metadata.low_size) if metadata.low_size else None,
+        patch_size=tuple(metadata.patch_size), n_patches=metadata.n_patches,
+        max_patches=metadata.max_patches, replace=bool(metadata.replace),
+        receptive_field=int(metadata.receptive_field), channels=metadata.channels)
 
 
 def read_spec(version_dir: pathlib.Path) -> ModelSpec:
-    return parse_spec(json.loads((version_dir / METADATA_FILE).read_text()))
+    """Read a version's metadata; raises if this process cannot run it (other
+    TensorFlow or op-library version)."""
+    metadata = load_metadata(version_dir)
+    check_compatible(metadata)
+    return spec_from_metadata(metadata)

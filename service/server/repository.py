@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Callable, Iterable
 
+from model_ops.export import METADATA_FILE
 from service.pipeline.errors import InvalidInput, NotFound, PipelineError
 from service.pipeline.model import ServableModel, load_servable
-from service.pipeline.spec import METADATA_FILE
 
 log = logging.getLogger(__name__)
 
