@@ -47,22 +47,22 @@ def build_head(feature_dim: int = FEATURE_DIM, n_classes: int = N_CLASSES) -> ke
     return keras.Model(features, probs, name="head")
 
 
-BASELINE_STRIDES = (2, 2, 2, 1)
+BASELINE_STRIDES = (2, 1, 1, 1)
 
 
 def build_full_image_cnn(image_shape: tuple[int, int] = (1500, 1500), channels: int = 1,
-                         n_classes: int = N_CLASSES) -> keras.Model:
+                         n_classes: int = N_CLASSES,
+                         strides: tuple[int, int, int, int] = BASELINE_STRIDES) -> keras.Model:
     """The comparison: a plain strided CNN of the feature network's depth over the whole image.
 
     Same layers as the feature network (7x7 then three 3x3 convs, 32
-    channels, global max pool, L2 normalise, dense softmax), with strides
-    ``BASELINE_STRIDES`` so that its cost is that of a CNN one would
-    realistically run on 1500x1500 pixels (its receptive field, 35 px, spans
-    a digit).
+    channels, global max pool, L2 normalise, dense softmax) and a stride-2
+    stem (``BASELINE_STRIDES``): the digits keep 14 px, enough to read them,
+    as the feature network reads them at full resolution.
     """
     image = keras.Input((*image_shape, channels), name="image")
     x = image
-    for i, (kernel, stride) in enumerate(zip((7, 3, 3, 3), BASELINE_STRIDES), start=1):
+    for i, (kernel, stride) in enumerate(zip((7, 3, 3, 3), strides), start=1):
         x = layers.Conv2D(FEATURE_DIM, kernel, strides=stride, activation="relu", name=f"cnn_conv{i}")(x)
     x = layers.GlobalMaxPooling2D(name="cnn_pool")(x)
     x = layers.UnitNormalization(name="cnn_l2")(x)
