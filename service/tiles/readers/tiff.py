@@ -101,4 +101,6 @@ class TiffReader(Reader):
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as err:
             raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: {err}", field=FIELD) from None
-        return np.asarray(segment).reshape(segment.shape[-3:])[:height, :width]
+        tile = np.asarray(segment).reshape(segment.shape[-3:])
+        # edge tiles are stored padded: keep (and account for) only their pixels
+        return tile if tile.shape[:2] == (height, width) else tile[:height, :width].copy()
