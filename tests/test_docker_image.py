@@ -16,23 +16,17 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from conftest import free_port
 from test_docker import INSTALL_SCRIPT, ROOT, context_files, parse_dockerfile, stage
 
 # Instructions of the builder and runtime stages that set up the base system.
 SYSTEM_STEPS = ("apt-get ", "python3 -m venv ", "groupadd ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replay_copies(name: str, root: pathlib.Path) -> None:
@@ -107,7 +101,7 @@ def test_builder_installs_the_project_into_the_virtual_environment(image_root):
 
 
 @pytest.mark.slow
-def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(image_root):
+def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(image_root, tmp_path):
     runtime = stage("runtime")
     assert [s for s in runtime.run_commands() if not s.startswith(SYSTEM_STEPS)] == []
     replay_copies("runtime", image_root)
@@ -116,12 +110,14 @@ def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(imag
     env["ATS_PORT"], env["ATS_METRICS_PORT"] = str(free_port()), str(free_port())
     healthcheck = runtime.healthcheck(env)
     workdir = under(image_root, runtime.all("WORKDIR")[-1].args)
-    server = subprocess.Popen(runtime.all("ENTRYPOINT")[-1].json_args(), cwd=workdir, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(runtime.all("ENTRYPOINT")[-1].json_args(), cwd=workdir, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while True:
-            assert server.poll() is None, f"ats-serve exited:\n{server.stdout.read()}"
+            assert server.poll() is None, f"ats-serve exited:\n{log.read_text(errors='replace')}"
             check = subprocess.run(healthcheck, cwd=workdir, env=env, capture_output=True, text=True)
             if check.returncode == 0:
                 break
