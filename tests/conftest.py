@@ -70,7 +70,8 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 @pytest.fixture(scope="session")
 def helpers() -> types.SimpleNamespace:
     """The helper functions above, for test modules (which cannot import conftest)."""
-    return types.SimpleNamespace(encode=encode_image, random_image=random_image, scrape=scrape, metric=metric)
+    return types.SimpleNamespace(encode=encode_image, random_image=random_image, scrape=scrape, metric=metric,
+                                 free_port=free_port)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""A real Prometheus (Debian package, started here on loopback) scrapes a real
+server; its HTTP API must report exactly the requests this test made."""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from typing import Iterator
+
+import numpy as np
+import pytest
+from ats_client import AtsClient, AtsError
+
+pytestmark = pytest.mark.slow
+SETUP = pathlib.Path(__file__).resolve().parent / "setup_prometheus.sh"
+
+
+class Prometheus:
+    """``prometheus`` scraping one target every second."""
+
+    def __init__(self, workdir: pathlib.Path, metrics_target: str, port: int) -> None:
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: ats\n    static_configs:\n"
+            f"      - targets: ['{metrics_target}']\n")
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = open(workdir / "prometheus.log", "wb")
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("Prometheus not ready")
+
+    def query(self, promql: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """Instant query: labels (without __name__) -> value."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            body = json.load(reply)
+        assert body["status"] == "success", body
+        return {tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1])
+                for r in body["data"]["result"]}
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        assert len(result) <= 1, result
+        return next(iter(result.values()), None)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self._log.close()
+
+
+@pytest.fixture()
+def prometheus_for(tmp_path, helpers) -> Iterator:
+    """Factory: a Prometheus scraping the given server's metrics port."""
+    if shutil.which("prometheus") is None:
+        subprocess.run(["bash", str(SETUP)], check=True)
+    started: list[Prometheus] = []
+
+    def start(server) -> Prometheus:
+        instance = Prometheus(tmp_path, f"127.0.0.1:{server.metrics_port}", helpers.free_port())
+        started.append(instance)
+        instance.wait_ready()
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+def test_prometheus_sees_the_requests_made(start_server, make_repository, prometheus_for, helpers):
+    server = start_server(make_repository())
+    prometheus = prometheus_for(server)
+    sizes = [(64, 64), (120, 96), (200, 200), (256, 320)]
+    totals, megapixels, patches = [], 0.0, 0
+    with AtsClient(server.target, retries=0) as client:
+        for i, (height, width) in enumerate(sizes):
+            response = client.predict(helpers.random_image(height, width, seed=i), n_patches=i + 1)
+            totals.append(next(t.seconds for t in response.timings if t.stage == "total"))
+            megapixels += height * width / 1e6
+            patches += len(response.patches)
+        for call in (lambda: client.predict(helpers.random_image(64, 64), model="nope"),
+                     lambda: client.predict(helpers.random_image(64, 64), n_patches=1000)):
+            with pytest.raises(AtsError):
+                call()
+
+    deadline = time.monotonic() + 60
+    while prometheus.value('sum(ats_requests_total{rpc="Predict"})') != 6:
+        assert time.monotonic() < deadline, "Prometheus never scraped the requests"
+        time.sleep(0.5)
+
+    assert prometheus.value('up{job="ats"}') == 1
+    assert prometheus.value('ats_requests_total{rpc="Predict",code="OK",model="tiny",version="1"}') == 4
+    assert prometheus.value('ats_requests_total{rpc="Predict",code="NOT_FOUND",model="nope"}') == 1
+    assert prometheus.value('ats_requests_total{rpc="Predict",code="INVALID_ARGUMENT",model="tiny"}') == 1
+    assert prometheus.value('grpc_server_started_total{grpc_method="Predict"}') == 6
+    assert prometheus.value('grpc_server_handled_total{grpc_method="Predict",grpc_code="OK"}') == 4
+    assert prometheus.value('grpc_server_handled_total{grpc_method="Predict",grpc_code="NOT_FOUND"}') == 1
+    assert prometheus.value('grpc_server_handling_seconds_count{grpc_method="Predict"}') == 6
+
+    # the latency histogram holds exactly the totals the responses reported
+    assert prometheus.value('ats_stage_seconds_count{stage="total"}') == 4
+    assert prometheus.value('ats_stage_seconds_sum{stage="total"}') == pytest.approx(sum(totals), rel=1e-9)
+    buckets = prometheus.query('ats_stage_seconds_bucket{stage="total"}')
+    assert len(buckets) == 15  # 14 bounds and +Inf
+    for labels, count in buckets.items():
+        bound = float(dict(labels)["le"])
+        assert count == sum(t <= bound for t in totals), (bound, count, totals)
+    for stage in ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head"):
+        assert prometheus.value(f'ats_stage_seconds_count{{stage="{stage}"}}') == 4
+    median = prometheus.value('histogram_quantile(0.5, sum by (le) (ats_stage_seconds_bucket{stage="total"}))')
+    assert median is not None and 0 < median <= max(totals) * 2.5
+
+    assert prometheus.value('ats_patches_total{model="tiny"}') == patches == 1 + 2 + 3 + 4
+    assert prometheus.value('ats_patches_per_request_count{model="tiny"}') == 4
+    assert prometheus.value('ats_image_megapixels_sum{model="tiny"}') == pytest.approx(megapixels, rel=1e-9)
+    assert prometheus.value('ats_model_ready{model="tiny",version="1"}') == 1
+    assert prometheus.value('ats_model_load_seconds{model="tiny",version="1"}') > 0
+    assert prometheus.value("ats_requests_in_flight") == 0
+    assert prometheus.value("ats_tile_bytes_read_total") == 0  # registered from the start
+    assert np.isfinite(prometheus.value('grpc_server_handling_seconds_sum{grpc_method="Predict"}'))
