@@ -26,10 +26,10 @@ with ``pm_k = 1 - Σ_{j<k} p_j`` the mass still available at draw ``k``:
     ``F_0 = 0``. The score of the whole sequence is not needed: because
     ``F_k`` has the same conditional mean ``Φ`` given any prefix, the scores of
     the earlier draws average out, and ``F_{k-1}`` (a function of the prefix
-    only) is a valid baseline for draw ``k``. The original library
-    differentiated ``F`` only partially and is biased by a factor of 2-3;
-    ``tests/test_expectation_exact.py`` checks this one by enumerating every
-    ordered sample.
+    only) is a valid baseline for draw ``k``. (The original library's
+    hand-written gradient is biased, by a factor of 2-3 on small maps.)
+    ``tests/test_expectation_exact.py`` proves both estimators by enumerating
+    every ordered sample.
 """
 from __future__ import annotations
 
