@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import keras
 
 from model_ops.layers import ActivityRegularizer, Expectation, SamplePatches, TotalReshape
 

@@ -122,6 +122,15 @@ def test_seeded_and_top_k_models_are_reproducible():
     np.testing.assert_array_equal(top(x)[2], top(x)[2])
 
 
+def test_activity_regularizer_adds_the_regularizer_value_as_is():
+    a = SampleSoftmax()(np.random.default_rng(8).normal(size=(4, 5)))
+    layer = ActivityRegularizer(multinomial_entropy(2.0))
+    np.testing.assert_array_equal(layer(a), a)
+    np.testing.assert_allclose(layer.losses[0], 2.0 * np.sum(a * np.log(a + 1e-6)) / 4, rtol=1e-6)
+    clone = ActivityRegularizer.from_config(layer.get_config())
+    assert clone.regularizer.get_config() == {"strength": 2.0, "eps": 1e-6}
+
+
 def test_activity_regularizer_adds_the_entropy_term():
     model = small_model(regularizer=multinomial_entropy(0.5))[0]
     x = np.random.default_rng(4).uniform(size=(2, 64, 64, 1)).astype(np.float32)
