@@ -101,6 +101,8 @@ def test_attention_sampling_shapes_weights_and_patch_size_inference():
     y, attention_map, patches = model.outputs
     assert (y.shape, attention_map.shape, patches.shape) == (
         (None, 3), (None, 16, 16), (None, 4, 8, 8, 1))
+    sampler, = [layer for layer in model.layers if isinstance(layer, SamplePatches)]
+    assert sampler.supports_jit is False  # the patch op has no XLA kernel
     own = {id(w) for w in attention.weights + feature.weights + model.layers[-1].weights}
     assert {id(w) for w in model.weights} == own  # sampling layers add no weights
     for layer in model.layers:
