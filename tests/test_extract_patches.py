@@ -7,29 +7,7 @@ import pytest
 import tensorflow as tf
 
 from model_ops.python.ops import extract_patches
-from test_extract_patches_reference import reference_patches
-
-DTYPES = [np.uint8, np.uint16, np.float16, np.float32, np.float64]
-INT32_MAX = np.iinfo(np.int32).max
-
-
-def random_images(rng, shape, dtype):
-    if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
-    return rng.normal(size=shape).astype(dtype)
-
-
-def random_case(rng, n_dims, dtype):
-    """Random shapes; offsets land inside, across borders and far outside."""
-    batch, n_patches, channels = rng.integers(1, 4), rng.integers(0, 7), rng.integers(1, 5)
-    dims = rng.integers(1, 13, size=n_dims)
-    size = tuple(int(s) for s in rng.integers(1, 8, size=n_dims))
-    images = random_images(rng, (batch, *dims, channels), dtype)
-    low = -np.array(size) - 2
-    offsets = rng.integers(low, dims + 3, size=(batch, n_patches, n_dims)).astype(np.int32)
-    if n_patches:  # one patch at the extremes of int32: no overflow, all fill
-        offsets[0, 0] = rng.choice([-INT32_MAX - 1, INT32_MAX], size=n_dims)
-    return images, offsets, size
+from test_extract_patches_reference import DTYPES, random_case, random_images, reference_patches
 
 
 def run_op(mode, images, offsets, size, **kwargs):

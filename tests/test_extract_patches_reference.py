@@ -1,4 +1,5 @@
-"""NumPy oracle of the patch op (and its adjoint), checked on hand-made cases.
+"""NumPy oracle of the patch op (and its adjoint) and random test cases;
+the oracle is checked on hand-made cases.
 
 Plain NumPy on purpose: the CuPy kernel check imports it on GPU machines
 without TensorFlow.
@@ -6,6 +7,29 @@ without TensorFlow.
 from __future__ import annotations
 
 import numpy as np
+
+DTYPES = [np.uint8, np.uint16, np.float16, np.float32, np.float64]
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def random_images(rng, shape, dtype):
+    """Full-range integers, or normal floats."""
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+
+def random_case(rng, n_dims, dtype):
+    """Random shapes; offsets land inside, across borders and far outside."""
+    batch, n_patches, channels = rng.integers(1, 4), rng.integers(0, 7), rng.integers(1, 5)
+    dims = rng.integers(1, 13, size=n_dims)
+    size = tuple(int(s) for s in rng.integers(1, 8, size=n_dims))
+    images = random_images(rng, (batch, *dims, channels), dtype)
+    low = -np.array(size) - 2
+    offsets = rng.integers(low, dims + 3, size=(batch, n_patches, n_dims)).astype(np.int32)
+    if n_patches:  # one patch at the extremes of int32: no overflow, all fill
+        offsets[0, 0] = rng.choice([-INT32_MAX - 1, INT32_MAX], size=n_dims)
+    return images, offsets, size
 
 
 def _windows(image_shape, offset, size):
