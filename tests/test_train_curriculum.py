@@ -39,7 +39,7 @@ def test_crops_are_deterministic_and_jittered():
 
 def test_attention_targets_cover_the_digits():
     layouts = [make_layout(SPEC, "train", 0, i) for i in range(8)]
-    targets = curriculum.attention_targets(layouts, SPEC.low_shape)
+    targets = curriculum.attention_targets(layouts, SPEC.low_shape, radius=1)
     assert targets.shape == (8, 180, 180)
     np.testing.assert_allclose(targets.sum(axis=(1, 2)), 1.0, rtol=1e-6)
     cell = 1500 / 180

@@ -70,13 +70,14 @@ def low_views(layouts: list[Layout], low_shape: tuple[int, int], chunk: int = 16
     return np.concatenate(views)
 
 
-def attention_targets(layouts: list[Layout], map_shape: tuple[int, int], radius: int = 1) -> np.ndarray:
+def attention_targets(layouts: list[Layout], map_shape: tuple[int, int], radius: int = 0) -> np.ndarray:
     """``(B, Sh, Sw)`` float32 maps: each digit holds ``1 / n_digits``, spread over its cells.
 
     A cell covers ``H / Sh`` by ``W / Sw`` full-resolution pixels (the map
     spans the image, as with ``same`` padding and receptive field 0); a
     digit's mass is shared evenly by the ``(2 radius + 1)^2`` cells around
-    the cell of its centre (at the 0.12 scale a digit spans about 3 cells).
+    the cell of its centre (at the 0.12 scale a digit spans about 3 cells;
+    the recipe uses one cell, radius 0).
     """
     targets = np.zeros((len(layouts), *map_shape), dtype=np.float32)
     span = np.arange(-radius, radius + 1)
