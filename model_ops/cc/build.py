@@ -222,9 +222,14 @@ def build_op_library(output_dir: pathlib.Path | str | None = None,
         objects = [str(j.result()) for j in jobs]
         out.mkdir(parents=True, exist_ok=True)
         library = out / LIBRARY_NAME
-        staged = tmp_dir / LIBRARY_NAME
-        _run([cxx, "-shared", "-fPIC", "-O3", *objects, "-o", str(staged), *link])
-        shutil.move(str(staged), library)
+        # Link beside the target and rename over it: processes that have the old
+        # library mapped keep their inode instead of seeing it rewritten.
+        staged = out / f".{LIBRARY_NAME}.{os.getpid()}.tmp"
+        try:
+            _run([cxx, "-shared", "-fPIC", "-O3", *objects, "-o", str(staged), *link])
+            os.replace(staged, library)
+        finally:
+            staged.unlink(missing_ok=True)
     info = {
         "tensorflow_version": tf["version"],
         "op_library_version": op_library_version(),
