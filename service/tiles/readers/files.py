@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import os
 
-from service.tiles.paths import FIELD
 from service.pipeline.errors import InvalidInput
+from service.tiles.paths import FIELD
 from service.tiles.stats import Recorder
 
 

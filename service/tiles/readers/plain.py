@@ -16,9 +16,9 @@ from typing import Hashable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.tiles.paths import FIELD
 from service.pipeline.errors import InvalidInput, TooLarge
 from service.tiles.cache import TileCache
+from service.tiles.paths import FIELD
 from service.tiles.readers.base import LevelGrid, Reader
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
