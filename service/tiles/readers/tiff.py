@@ -13,9 +13,9 @@ from typing import Hashable
 import numpy as np
 import tifffile
 
-from service.tiles.paths import FIELD
 from service.pipeline.errors import InvalidInput
 from service.tiles.cache import TileCache
+from service.tiles.paths import FIELD
 from service.tiles.readers.base import LevelGrid, Reader
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
