@@ -48,7 +48,7 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
         _check_pixels(height, width, max_pixels, "image")
         try:
             image.load()
-            converted = image.convert(_MODES[channels])
+            converted = image if image.mode == _MODES[channels] else image.convert(_MODES[channels])
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise InvalidInput(f"corrupt or truncated {image.format} image: {err}",
                                field="image") from None
