@@ -51,6 +51,7 @@ class Config:
     drain_delay: float = _setting(
         2.0, "seconds health reports NOT_SERVING before the server stops accepting calls on SIGTERM")
     data_root: str = _setting("", "directory tile references are resolved in (empty: none accepted)")
+    tile_cache_bytes: int = _setting(256 * MiB, "decoded-tile cache shared by tile references")
     log_format: str = _setting("text", "log line format", choices=("text", "json"))
     log_level: str = _setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

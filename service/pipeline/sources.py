@@ -80,15 +80,22 @@ def _open_tensor(payload: RawTensor, channels: int, limits: SourceLimits) -> Ima
 
 
 _OPENERS: dict[str, Opener] = {"image": _open_encoded, "tensor": _open_tensor}
+_FORMATS: dict[str, tuple[str, ...]] = {"image": decode.FORMATS}
 
 
-def register_source(kind: str, opener: Opener) -> None:
-    """Make payloads of ``kind`` ("tile", ...) servable by ``opener``."""
+def register_source(kind: str, opener: Opener, formats: tuple[str, ...] = ()) -> None:
+    """Make payloads of ``kind`` ("tile", ...) servable by ``opener``; ``formats``
+    are the file formats it reads, as GetModelMetadata reports them."""
     _OPENERS[kind] = opener
+    _FORMATS[kind] = tuple(formats)
 
 
 def accepted_kinds() -> list[str]:
     return sorted(_OPENERS)
+
+
+def accepted_formats(kind: str) -> tuple[str, ...]:
+    return _FORMATS.get(kind, ()) if kind in _OPENERS else ()
 
 
 def open_source(payload: Payload, channels: int, limits: SourceLimits) -> ImageSource:

@@ -21,6 +21,7 @@ from service.server.metrics import Metrics, MetricsEndpoint
 from service.server.repository import ModelRegistry, State
 from service.server.servicer import AttentionSamplingServicer
 from service.server.warmup import warm_up
+from service.tiles import enable_tile_sources
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Server:
         self.models = ModelRegistry(config.resolved_repository(), config.default_model, warm_up,
                                     listeners=[self._on_model_change])
         self.health = ReadinessHealth(self.models)
+        enable_tile_sources(config.data_root, config.tile_cache_bytes, counters=self.metrics)
         limits = SourceLimits(config.max_image_pixels, config.max_image_bytes, config.data_root)
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),

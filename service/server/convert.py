@@ -8,7 +8,7 @@ from service.pipeline import decode
 from service.pipeline.errors import InvalidInput
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
 from service.pipeline.runner import PredictOptions, Prediction
-from service.pipeline.sources import SourceLimits, accepted_kinds
+from service.pipeline.sources import SourceLimits, accepted_formats, accepted_kinds
 from service.pipeline.spec import ModelSpec
 from service.server.repository import VersionEntry
 
@@ -107,7 +107,8 @@ def response(name: str, version: int, spec: ModelSpec, prediction: Prediction,
 
 def input_support(limits: SourceLimits, max_message_bytes: int) -> pb.InputSupport:
     return pb.InputSupport(
-        source_kinds=accepted_kinds(), image_formats=list(decode.FORMATS),
+        source_kinds=accepted_kinds(), image_formats=accepted_formats("image"),
+        tile_formats=accepted_formats("tile"),
         tensor_dtypes=[pb.DataType.Value(d.upper()) for d in decode.TENSOR_DTYPES],
         max_image_pixels=limits.max_image_pixels, max_image_bytes=limits.max_image_bytes,
         max_message_bytes=max_message_bytes)

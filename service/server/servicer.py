@@ -56,7 +56,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
         self._limits = limits
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._queue_timeout = queue_timeout
-        self._support = convert.input_support(limits, max_message_bytes)
+        self._max_message_bytes = max_message_bytes
 
     # -- RPCs --------------------------------------------------------------
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
@@ -87,13 +87,18 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
             self._metrics.requests.labels(name, "", "GetModelMetadata", error.code).inc()
             status.abort(context, error)
         self._metrics.requests.labels(name, "", "GetModelMetadata", "OK").inc()
-        return convert.metadata(name, versions, self._support)
+        return convert.metadata(name, versions, self._input_support())
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         self._metrics.requests.labels("", "", "ListModels", "OK").inc()
+        support = self._input_support()
         return pb.ListModelsResponse(
-            models=[convert.metadata(n, v, self._support) for n, v in self._registry.snapshot().items()],
+            models=[convert.metadata(n, v, support) for n, v in self._registry.snapshot().items()],
             default_model=self._registry.default_model())
+
+    def _input_support(self) -> pb.InputSupport:
+        """Built per call: source kinds can be registered after start."""
+        return convert.input_support(self._limits, self._max_message_bytes)
 
     # -- shared path -------------------------------------------------------
     def _predict(self, rpc: str, request: pb.PredictRequest, read_payload: Callable[[], Payload],
