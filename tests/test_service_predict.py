@@ -3,10 +3,15 @@ send an image, the response's content, and agreement with the model's own
 all-in-one ``predict_image`` signature."""
 from __future__ import annotations
 
+from concurrent import futures
+
+import grpc
 import numpy as np
 import pytest
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_client import AtsClient
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 STAGES = ["decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head", "total"]
 
@@ -156,3 +161,25 @@ def test_staged_server_path_equals_predict_image(client, tiny_model_dir, helpers
                                       reference["cells"].numpy())
         np.testing.assert_allclose(np.array(response.attention.values).reshape(25, 30),
                                    reference["attention"].numpy(), rtol=1e-5)
+
+
+def test_concurrent_requests_get_their_own_answers(client, helpers):
+    """Eight threads at once, each image and seed different: every answer equals
+    the one the same request gets alone."""
+    requests = [(helpers.random_image(96 + 16 * (i % 4), 128, seed=i), i) for i in range(16)]
+    alone = [client.predict(pixels, seed=seed) for pixels, seed in requests]
+    with futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda r: client.predict(r[0], seed=r[1]), requests))
+    for a, b in zip(alone, together):
+        assert list(a.probabilities) == list(b.probabilities) and list(a.patches) == list(b.patches)
+
+
+def test_reflection_describes_the_api(ats_server):
+    with grpc.insecure_channel(ats_server.target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {"ats.v1.AttentionSampling", "grpc.health.v1.Health"} <= services
+        pool = descriptor_pool.DescriptorPool(database)
+        method = pool.FindServiceByName("ats.v1.AttentionSampling").FindMethodByName("PredictStream")
+        assert method.client_streaming and method.output_type.full_name == "ats.v1.PredictResponse"
+        assert "tile" in pool.FindMessageTypeByName("ats.v1.PredictRequest").fields_by_name
