@@ -43,3 +43,9 @@ def test_bad_environment_values_are_refused(environ, capsys):
     with pytest.raises(SystemExit):
         load_config([], environ=environ)
     assert next(iter(environ)) in capsys.readouterr().err
+
+
+def test_the_readme_documents_every_setting():
+    readme = (REPO_ROOT / "service" / "README.md").read_text()
+    for field in dataclasses.fields(Config):
+        assert f"| `--{field.name.replace('_', '-')}` | `{env_name(field.name)}` |" in readme, field.name

@@ -26,11 +26,8 @@ class ReadinessHealth:
         self._lock = threading.Lock()
         self.refresh()
 
-    def on_model_change(self, name: str, version: int, state: State) -> None:
-        """Registry listener: recompute every entry."""
-        self.refresh()
-
     def refresh(self) -> None:
+        """Recompute every entry from the registry (called on each model state change)."""
         with self._lock:
             snapshot = self._registry.snapshot()
             for name in self._known - set(snapshot):
