@@ -78,6 +78,9 @@ class Server:
         log.info("gRPC listening on %s:%d, metrics on %s:%s; repository %s", self.config.host, self.port,
                  self.config.host, self.config.metrics_port or "off", self.models.root)
         self.models.start(self.config.poll_interval)
+        address = f"{'localhost' if self.config.host in ('0.0.0.0', '[::]') else self.config.host}:{self.port}"
+        log.info("call it with: ats-client health --server %s; ats-client predict IMAGE --server %s "
+                 "[--overlay out.png]", address, address)
 
     def drain(self) -> None:
         """Health NOT_SERVING, keep answering for the drain delay (load balancers

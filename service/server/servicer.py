@@ -32,7 +32,7 @@ _DEADLINE_SLACK = 0.25  # seconds
 
 
 def _caller_gone(context: grpc.ServicerContext, settle: bool) -> str | None:
-    """"DEADLINE_EXCEEDED" or "CANCELLED" when the caller is gone, else None.
+    """The status of a call whose caller is gone (DEADLINE_EXCEEDED or CANCELLED), else None.
 
     A cancelled upload ends the request iterator a moment before the context
     shows the cancellation; with ``settle`` the context gets 100 ms to catch
