@@ -127,7 +127,7 @@ def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_mod
 
 
 def test_sigterm_drains_in_flight_requests(start_server, make_repository, helpers):
-    server = start_server(make_repository(), "--drain-delay", "3", "--grace-period", "30")
+    server = start_server(make_repository(), "--drain-delay", "6", "--grace-period", "30")
     release = threading.Event()
     png = helpers.encode(helpers.random_image(128, 128))
     with grpc.insecure_channel(server.target) as channel, AtsClient(server.target, retries=0, timeout=2) as client:
@@ -136,7 +136,7 @@ def test_sigterm_drains_in_flight_requests(start_server, make_repository, helper
         wait_for(lambda: helpers.metric(helpers.scrape(server.metrics_url), "ats_requests_in_flight") == 1,
                  what="upload in flight")
         server.process.send_signal(signal.SIGTERM)
-        wait_for(lambda: health(client) == "NOT_SERVING", timeout=3, what="NOT_SERVING while draining")
+        wait_for(lambda: health(client) == "NOT_SERVING", timeout=5, what="NOT_SERVING while draining")
         assert health(client, "tiny") == "NOT_SERVING"
         release.set()
         response = call.result(timeout=60)
