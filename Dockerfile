@@ -4,32 +4,49 @@
 #   docker build --build-arg VARIANT=gpu -t attention-sampling-serving:gpu .
 # The builder compiles the patch op against the very TensorFlow that the
 # runtime stage then runs (the virtual environment is copied, not rebuilt).
+# VARIANT picks one system per role; BuildKit builds only the stages the
+# target uses, so the CPU image never pulls a CUDA image.
 ARG VARIANT=cpu
+# The GPU builder and runtime share one CUDA release and one Ubuntu (hence
+# one Python), so the venv built in the one runs in the other.
+ARG CUDA_TAG=12.6.3
+ARG CUDA_OS=ubuntu24.04
 
-FROM python:3.11-slim-bookworm AS base-cpu
-ENV ATS_BUILD_CUDA=0
+# Runtime systems: a Python and nothing else.
+FROM python:3.11-slim-bookworm AS system-cpu
 
-FROM nvidia/cuda:12.6.3-base-ubuntu24.04 AS base-gpu
+FROM nvidia/cuda:${CUDA_TAG}-base-${CUDA_OS} AS system-gpu
 # The CUDA libraries themselves come from TensorFlow's CUDA 12 wheels.
 # Distribution packages follow the base image's release (no point pins).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
-ENV ATS_BUILD_CUDA=1
 
-# One of the two stages above, chosen by VARIANT (cpu or gpu).
-# hadolint ignore=DL3006
-FROM base-${VARIANT} AS base
-ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1
-
-FROM base AS builder
+# Builder systems: the runtime's Python plus the compilers of the op.
+FROM system-cpu AS toolchain-cpu
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*
+ENV ATS_BUILD_CUDA=0
+
+# The CUDA 12 toolkit's nvcc compiles the op's kernel (PyPI's CUDA wheels
+# carry ptxas but no nvcc).
+FROM nvidia/cuda:${CUDA_TAG}-devel-${CUDA_OS} AS toolchain-gpu
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv g++ \
+    && rm -rf /var/lib/apt/lists/*
+ENV ATS_BUILD_CUDA=1 \
+    ATS_NVCC=/usr/local/cuda/bin/nvcc
+
+# One of the toolchains above, chosen by VARIANT (cpu or gpu).
+# hadolint ignore=DL3006
+FROM toolchain-${VARIANT} AS builder
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
 RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
 # TensorFlow first, in its own layer: source edits do not download it again.
@@ -42,7 +59,12 @@ COPY service/ service/
 COPY clients/ clients/
 RUN --mount=type=cache,target=/root/.cache/pip bash docker/install.sh .
 
-FROM base AS runtime
+# One of the runtime systems above, chosen by VARIANT (cpu or gpu).
+# hadolint ignore=DL3006
+FROM system-${VARIANT} AS runtime
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
 RUN groupadd --system --gid 10001 ats \
     && useradd --system --uid 10001 --gid ats --no-create-home --shell /usr/sbin/nologin ats
 COPY --from=builder /opt/venv /opt/venv

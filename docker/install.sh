@@ -8,8 +8,10 @@
 #   bash docker/install.sh -e ".[test]" # the same, editable, with test extras
 #   bash docker/install.sh --deps       # TensorFlow and build tools only
 #
-# ATS_BUILD_CUDA=1 installs TensorFlow's CUDA 12 wheels and PyPI's nvcc
-# (nvidia-cuda-nvcc-cu12) so the op's CUDA kernel is compiled in.
+# ATS_BUILD_CUDA=1 installs TensorFlow's CUDA 12 wheels and compiles the op's
+# CUDA kernel in. That takes a CUDA 12 toolkit's nvcc (ATS_NVCC, PATH or
+# CUDA_HOME; the GPU image's builder is a CUDA devel image): PyPI's CUDA
+# wheels carry ptxas but no nvcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,6 @@ TENSORFLOW="tensorflow==2.21.0"
 BUILD_TOOLS=("setuptools>=69" "wheel" "grpcio-tools>=1.66")
 if [ "${ATS_BUILD_CUDA:-0}" = 1 ]; then
     TENSORFLOW="tensorflow[and-cuda]==2.21.0"
-    BUILD_TOOLS+=("nvidia-cuda-nvcc-cu12")
 fi
 
 PIP=(python3 -m pip --disable-pip-version-check -q)

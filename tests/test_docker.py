@@ -1,7 +1,10 @@
 """The Dockerfile, checked without a Docker engine.
 
-hadolint lints it; its COPY sources must exist and survive .dockerignore; the
-runtime stage must agree with the server's real configuration (ports, ATS_*
+hadolint lints it; each VARIANT (cpu, gpu) is followed through the stages
+BuildKit would build, so the CPU image pulls no CUDA image and the GPU builder
+compiles with a CUDA 12 toolkit beside a small runtime of the same release;
+its COPY sources must exist and survive .dockerignore; the runtime stage must
+agree with the server's real configuration (ports, ATS_*
 variables, console scripts); and its install and start commands must be the
 ones CI and the README use: the builder runs ``docker/install.sh``, the one
 install procedure, and the README shows the runtime stage's ENTRYPOINT.
@@ -27,6 +30,7 @@ from service.config import Config, env_name
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 INSTALL_SCRIPT = "docker/install.sh"
+VARIANTS = ("cpu", "gpu")
 
 
 @dataclasses.dataclass
@@ -76,8 +80,8 @@ class Stage:
         return [re.sub(r"^(--\S+\s+)+", "", i.args) for i in self.all("RUN")]
 
 
-def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> list[Stage]:
-    """Stages in order; continuation lines joined, comments dropped."""
+def logical_lines(path: pathlib.Path = DOCKERFILE) -> list[str]:
+    """Instructions with continuation lines joined, comments dropped."""
     logical: list[str] = []
     pending = ""
     for line in path.read_text().splitlines():
@@ -89,8 +93,13 @@ def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> list[Stage]:
             continue
         logical.append(pending + stripped)
         pending = ""
+    return logical
+
+
+def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> list[Stage]:
+    """Stages in order."""
     stages: list[Stage] = []
-    for text in logical:
+    for text in logical_lines(path):
         keyword, _, args = text.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
@@ -100,6 +109,84 @@ def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> list[Stage]:
         elif stages:
             stages[-1].instructions.append(Instruction(keyword, args.strip()))
     return stages
+
+
+def build_args(variant: str) -> dict[str, str]:
+    """The ARGs FROM lines see (those before the first FROM) with VARIANT set."""
+    args: dict[str, str] = {}
+    for text in logical_lines():
+        keyword, _, rest = text.partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        if keyword.upper() == "ARG":
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
+    assert "VARIANT" in args, "the variant is a global build ARG"
+    return {**args, "VARIANT": variant}
+
+
+def parent(s: Stage, variant: str) -> str:
+    """What a stage is built FROM under ``variant``: a stage name or an image."""
+    return string.Template(s.base).substitute(build_args(variant))
+
+
+def lineage(name: str, variant: str) -> list[Stage]:
+    """The stage and the stages it is built FROM, the stage first."""
+    stages = {s.name: s for s in parse_dockerfile()}
+    chain = [stages[name]]
+    while parent(chain[-1], variant) in stages:
+        chain.append(stages[parent(chain[-1], variant)])
+    return chain
+
+
+def root_image(name: str, variant: str) -> str:
+    """The image a stage starts from under ``variant``, through its parent stages."""
+    return parent(lineage(name, variant)[-1], variant)
+
+
+def lineage_env(name: str, variant: str) -> dict[str, str]:
+    """ENV a stage holds under ``variant``: its parent stages' and its own."""
+    env: dict[str, str] = {}
+    for s in reversed(lineage(name, variant)):
+        env.update(s.env())
+    return env
+
+
+def lineage_runs(name: str, variant: str) -> list[str]:
+    """RUN commands of a stage and its parent stages, in build order."""
+    return [command for s in reversed(lineage(name, variant)) for command in s.run_commands()]
+
+
+def apt_packages(name: str, variant: str) -> set[str]:
+    """Packages the stage and its parent stages install with apt-get."""
+    packages: set[str] = set()
+    for command in lineage_runs(name, variant):
+        for part in command.split("&&"):
+            words = part.split()
+            if words[:2] == ["apt-get", "install"]:
+                packages |= {w for w in words[2:] if not w.startswith("-")}
+    return packages
+
+
+def pulled_images(variant: str) -> set[str]:
+    """Images a build of the default target pulls under ``variant``: BuildKit
+    builds only the stages the target reaches through FROM and COPY --from."""
+    stages = {s.name: s for s in parse_dockerfile()}
+    todo, seen, images = [parse_dockerfile()[-1].name], set(), set()
+    while todo:
+        s = stages[todo.pop()]
+        if s.name in seen:
+            continue
+        seen.add(s.name)
+        for ref in [parent(s, variant), *(f["from"] for _, _, f in s.copies() if "from" in f)]:
+            (todo.append if ref in stages else images.add)(ref)
+    return images
+
+
+def build_settings() -> set[str]:
+    """ATS_* variables the op build (model_ops/cc/build.py) reads."""
+    source = (ROOT / "model_ops" / "cc" / "build.py").read_text()
+    return set(re.findall(r'environ[.\w]*[\[(]"(ATS_[A-Z0-9_]+)"', source))
 
 
 def stage(name: str) -> Stage:
@@ -145,18 +232,47 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_stages_build_runtime_from_builder_on_a_shared_base():
-    names = [s.name for s in parse_dockerfile()]
-    assert names[-1] == "runtime", "the runtime stage must be the default (last) target"
-    assert {"base-cpu", "base-gpu", "base", "builder"} <= set(names)
-    assert stage("builder").base == stage("runtime").base == "base"
-    assert stage("base").base == "base-${VARIANT}"
-    assert stage("base-gpu").base.startswith("nvidia/cuda:12.")
-    assert stage("base-gpu").env()["ATS_BUILD_CUDA"] == "1"
-    assert stage("base-cpu").env()["ATS_BUILD_CUDA"] == "0"
-    copied_venvs = [c for c in stage("runtime").copies() if c[2].get("from") == "builder"]
+def test_runtime_is_the_default_target_and_runs_the_builders_venv():
+    assert [s.name for s in parse_dockerfile()][-1] == "runtime", \
+        "the runtime stage must be the default (last) target"
+    copied_venvs = [c for c in stage("runtime").copies() if "from" in c[2]]
     assert copied_venvs == [(["/opt/venv"], "/opt/venv", {"from": "builder"})]
-    assert stage("base").env()["VIRTUAL_ENV"] == "/opt/venv"
+    for variant in VARIANTS:
+        assert lineage_env("builder", variant)["VIRTUAL_ENV"] == "/opt/venv"
+        assert lineage_env("runtime", variant)["VIRTUAL_ENV"] == "/opt/venv"
+        assert lineage_env("runtime", variant)["PATH"].startswith("/opt/venv/bin:")
+
+
+def test_cpu_variant_builds_on_one_python_image_and_pulls_no_cuda():
+    image = root_image("runtime", "cpu")
+    assert re.fullmatch(r"python:3\.\d+-slim-\w+", image), image
+    assert root_image("builder", "cpu") == image, "the builder's Python must be the runtime's"
+    assert pulled_images("cpu") == {image}
+    assert lineage_env("builder", "cpu")["ATS_BUILD_CUDA"] == "0"
+    assert "g++" in apt_packages("builder", "cpu")
+
+
+CUDA_IMAGE = re.compile(r"nvidia/cuda:(?P<version>12\.[\d.]+)-(?P<flavor>\w+)-(?P<os>ubuntu[\d.]+)")
+
+
+def test_gpu_builder_compiles_the_kernel_with_a_cuda_12_toolkit():
+    builder = CUDA_IMAGE.fullmatch(root_image("builder", "gpu"))
+    assert builder and builder["flavor"] == "devel", "only the CUDA devel images hold nvcc"
+    env = lineage_env("builder", "gpu")
+    assert env["ATS_BUILD_CUDA"] == "1", "a GPU build without the kernel must fail, not fall back"
+    assert env["ATS_NVCC"] == "/usr/local/cuda/bin/nvcc", "the devel image's toolkit"
+    assert {"ATS_BUILD_CUDA", "ATS_NVCC"} <= build_settings()
+    assert {"python3", "python3-venv", "g++"} <= apt_packages("builder", "gpu")
+
+
+def test_gpu_runtime_is_a_small_cuda_image_of_the_builders_release():
+    builder = CUDA_IMAGE.fullmatch(root_image("builder", "gpu"))
+    runtime = CUDA_IMAGE.fullmatch(root_image("runtime", "gpu"))
+    assert runtime and runtime["flavor"] in {"base", "runtime"}, "the toolkit stays in the builder"
+    assert (runtime["version"], runtime["os"]) == (builder["version"], builder["os"]), \
+        "the venv needs the builder's Ubuntu and so its Python"
+    assert "python3" in apt_packages("runtime", "gpu")
+    assert pulled_images("gpu") == {builder.group(0), runtime.group(0)}
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context():
@@ -251,7 +367,7 @@ def _install_calls(tmp_path: pathlib.Path, *args: str, cuda: bool = False) -> li
     """Run the real install script with a recording python3 first on PATH."""
     log = tmp_path / "calls.jsonl"
     fake = tmp_path / "bin" / "python3"
-    fake.parent.mkdir()
+    fake.parent.mkdir(parents=True)
     fake.write_text(f"#!/bin/sh\nexec {shlex.quote(shutil.which('python3'))} -c "
                     "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\" >> "
                     f"{shlex.quote(str(log))}\n")
@@ -278,18 +394,21 @@ def test_install_script_stops_after_deps_when_asked(tmp_path):
     assert len(_install_calls(tmp_path, "--deps")) == 1
 
 
-def test_install_script_gpu_variant_installs_cuda_wheels_and_nvcc(tmp_path):
-    deps, _ = _install_calls(tmp_path, cuda=True)
+def test_install_script_gpu_variant_only_swaps_in_tensorflows_cuda_wheels(tmp_path):
+    """nvcc comes from the CUDA toolkit, not from pip (PyPI's nvcc wheel holds
+    only ptxas, which TensorFlow's [and-cuda] extra brings anyway)."""
     version = importlib.metadata.version("tensorflow")
-    assert f"tensorflow[and-cuda]=={version}" in deps
-    assert "nvidia-cuda-nvcc-cu12" in deps
-
+    cpu = _install_calls(tmp_path / "cpu")
+    gpu = _install_calls(tmp_path / "gpu", cuda=True)
+    swap = {f"tensorflow=={version}": f"tensorflow[and-cuda]=={version}"}
+    assert gpu == [[swap.get(a, a) for a in call] for call in cpu]
+    assert gpu != cpu
 
 
 def test_every_documented_setting_exists():
     """ATS_* names in the deployment files and docs are server settings, the
-    build's CUDA switch, or the client's server address."""
-    known = server_config_env() | {"ATS_BUILD_CUDA", "ATS_SERVER"}
+    op build's settings, or the client's server address."""
+    known = server_config_env() | build_settings() | {"ATS_SERVER"}
     files = [DOCKERFILE, ROOT / "docker" / "README.md", ROOT / "docker" / "compose.yaml",
              *sorted((ROOT / "docker" / "k8s").rglob("*.yaml"))]
     for path in files:

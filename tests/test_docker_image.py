@@ -23,9 +23,13 @@ import time
 import pytest
 
 from conftest import free_port
-from test_docker import INSTALL_SCRIPT, ROOT, context_files, parse_dockerfile, stage
+from test_docker import (INSTALL_SCRIPT, ROOT, context_files, lineage_env, lineage_runs,
+                         parse_dockerfile, stage)
 
-# Instructions of the builder and runtime stages that set up the base system.
+# The variant replayed: this machine's TensorFlow is the CPU one.
+VARIANT = "cpu"
+# Instructions of the builder and runtime stages (and the stages they are
+# built FROM) that set up the base system.
 SYSTEM_STEPS = ("apt-get ", "python3 -m venv ", "groupadd ")
 
 
@@ -57,14 +61,10 @@ def under(root: pathlib.Path, container_path: str) -> pathlib.Path:
     return root / container_path.lstrip("/")
 
 
-def stage_env(root: pathlib.Path, *names: str) -> dict[str, str]:
-    """ENV of the stages, absolute container paths moved under ``root``."""
-    env = {}
-    for name in names:
-        for key, value in stage(name).env().items():
-            if key != "PATH":
-                env[key] = str(under(root, value)) if value.startswith("/") else value
-    return env
+def stage_env(root: pathlib.Path, name: str) -> dict[str, str]:
+    """ENV of the stage (with its parents'), absolute container paths moved under ``root``."""
+    return {key: str(under(root, value)) if value.startswith("/") else value
+            for key, value in lineage_env(name, VARIANT).items() if key != "PATH"}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +72,14 @@ def image_root(tmp_path_factory) -> pathlib.Path:
     """The builder stage carried out: a virtual environment holding the project."""
     assert [s.name for s in parse_dockerfile()][-1] == "runtime"
     root = tmp_path_factory.mktemp("image")
-    env = dict(os.environ, **stage_env(root, "base-cpu", "base", "builder"))
+    env = dict(os.environ, **stage_env(root, "builder"))
     venv = pathlib.Path(env["VIRTUAL_ENV"])
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
                    check=True)
     env["PATH"] = f"{venv / 'bin'}:{os.environ['PATH']}"
     replay_copies("builder", root)
     workdir = under(root, stage("builder").all("WORKDIR")[-1].args)
-    for command in stage("builder").run_commands():
+    for command in lineage_runs("builder", VARIANT):
         if INSTALL_SCRIPT in command:
             subprocess.run(command, shell=True, cwd=workdir, env=env, check=True)
         else:
@@ -89,7 +89,7 @@ def image_root(tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.slow
 def test_builder_installs_the_project_into_the_virtual_environment(image_root):
-    venv = under(image_root, stage("base").env()["VIRTUAL_ENV"])
+    venv = under(image_root, lineage_env("builder", VARIANT)["VIRTUAL_ENV"])
     code = ("import ats, ats_api, ats_client, model_ops, service, json; "
             "from model_ops.python.ops.loader import load_op_library; load_op_library(); "
             "print(json.dumps([m.__file__ for m in (ats, ats_api, ats_client, model_ops, service)]))")
@@ -103,10 +103,10 @@ def test_builder_installs_the_project_into_the_virtual_environment(image_root):
 @pytest.mark.slow
 def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(image_root, tmp_path):
     runtime = stage("runtime")
-    assert [s for s in runtime.run_commands() if not s.startswith(SYSTEM_STEPS)] == []
+    assert [s for s in lineage_runs("runtime", VARIANT) if not s.startswith(SYSTEM_STEPS)] == []
     replay_copies("runtime", image_root)
-    env = dict(os.environ, **stage_env(image_root, "base-cpu", "base", "runtime"))
-    env["PATH"] = f"{under(image_root, stage('base').env()['VIRTUAL_ENV']) / 'bin'}:{os.environ['PATH']}"
+    env = dict(os.environ, **stage_env(image_root, "runtime"))
+    env["PATH"] = f"{pathlib.Path(env['VIRTUAL_ENV']) / 'bin'}:{os.environ['PATH']}"
     env["ATS_PORT"], env["ATS_METRICS_PORT"] = str(free_port()), str(free_port())
     healthcheck = runtime.healthcheck(env)
     workdir = under(image_root, runtime.all("WORKDIR")[-1].args)
