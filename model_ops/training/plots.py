@@ -86,8 +86,9 @@ def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike, title:
 
 
 def _heat(attention: np.ndarray) -> np.ndarray:
-    """Attention map -> RGB uint8 (black -> red -> yellow), scaled to its maximum."""
-    a = attention / max(float(attention.max()), 1e-12)
+    """Attention map -> RGB uint8 (black -> red -> yellow); square root of the map over its maximum,
+    so that cells with a fraction of the peak mass stay visible."""
+    a = np.sqrt(attention / max(float(attention.max()), 1e-12))
     return (np.stack([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], -1) * 255).astype(np.uint8)
 
 
