@@ -204,11 +204,8 @@ def report(args: argparse.Namespace, model: str, measured: dict[str, tuple[bytes
             f"{ms(percentile(remote, 99))} | {ms(overhead)} ms | **{100 * overhead / statistics.median(remote):.1f}%** |")
     lines += ["", "Target: overhead under 15% of the end-to-end p50. Overhead = median over the pairs of "
               "(end-to-end time minus in-process pipeline time): serialisation, the loopback transfer, gRPC "
-              "and the servicer. Pairing keeps the other jobs on the machine from landing on one side only.", ""]
-    overheads = [statistics.median(r - l for r, l in zip(m[2], m[1])) for m in measured.values()]
-    lines.append(f"The overhead is a roughly fixed cost per request ({ms(min(overheads))} to {ms(max(overheads))} ms "
-                 "here, whatever the image): its share shrinks as the model's own pipeline grows.")
-    lines.append("")
+              "and the servicer. Pairing keeps the other jobs on the machine from landing on one side only; "
+              "from run to run on this shared machine the overhead still moves by a few ms.", ""]
     for label, (_, _, _, stages) in measured.items():
         lines.append(f"Server-side stage medians for the {label} (ms): " + ", ".join(
             f"{s} {ms(statistics.median(stages[s]))}" for s in STAGES) + ".")
