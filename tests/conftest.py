@@ -94,15 +94,16 @@ def make_repository(tmp_path: pathlib.Path, tiny_model_dir: pathlib.Path) -> Cal
 class ServerProcess:
     """``ats-serve`` in a subprocess on loopback, logging to a file."""
 
-    def __init__(self, repository: pathlib.Path, log_path: pathlib.Path, *flags: str,
+    def __init__(self, repository: pathlib.Path | None, log_path: pathlib.Path, *flags: str,
                  env: dict[str, str] | None = None) -> None:
+        """``repository`` None: the server's default (the shipped models/)."""
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path
         command = [sys.executable, "-m", "service.server.main", "--host", "127.0.0.1",
                    "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                   "--model-repository", str(repository), *flags]
+                   *(["--model-repository", str(repository)] if repository is not None else []), *flags]
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
@@ -148,7 +149,7 @@ def start_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., ServerProcess
     """Factory: ``start_server(repository, *flags)`` -> a SERVING server, killed at teardown."""
     started: list[ServerProcess] = []
 
-    def start(repository: pathlib.Path, *flags: str, wait: bool = True,
+    def start(repository: pathlib.Path | None, *flags: str, wait: bool = True,
               env: dict[str, str] | None = None) -> ServerProcess:
         server = ServerProcess(repository, tmp_path / f"server-{len(started)}.log", "--drain-delay", "0",
                                *flags, env=env)
