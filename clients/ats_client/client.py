@@ -21,6 +21,9 @@ from grpc_status import rpc_status
 from google.rpc import error_details_pb2
 
 MiB = 1 << 20
+# Room for everything in a request besides its pixels (options, names, a tile path):
+# sizing by the pixels alone spares serialising the request just to measure it.
+_OPTIONS_MARGIN = 64 << 10
 ImageLike = str | os.PathLike | bytes | np.ndarray
 T = TypeVar("T")
 
@@ -93,12 +96,14 @@ class AtsClient:
         request = self._request(model, version, n_patches, seed, mode, attention_map, patch_crops)
         if isinstance(image, np.ndarray):
             request.tensor.CopyFrom(tensor_message(image))
-        elif isinstance(image, bytes):
-            request.image = image
+            size = image.nbytes
         else:
-            with open(image, "rb") as file:
-                request.image = file.read()
-        return self.send(request, timeout)
+            if not isinstance(image, bytes):
+                with open(image, "rb") as file:
+                    image = file.read()
+            request.image = image
+            size = len(image)
+        return self._send(request, timeout, streaming=size > self.stream_threshold - _OPTIONS_MARGIN)
 
     def predict_tile(self, path: str, *, level: int | None = None, model: str = "", version: int = 0,
                      n_patches: int = 0, seed: int | None = None, mode: str = "sample",
@@ -113,10 +118,13 @@ class AtsClient:
 
     def send(self, request: pb.PredictRequest, timeout: float | None = None) -> pb.PredictResponse:
         """Send a prepared request, streaming it when it is too large for one message."""
+        return self._send(request, timeout, streaming=request.ByteSize() > self.stream_threshold)
+
+    def _send(self, request: pb.PredictRequest, timeout: float | None, streaming: bool) -> pb.PredictResponse:
         timeout = self.timeout if timeout is None else timeout
-        if request.ByteSize() <= self.stream_threshold:
-            return self._call(lambda: self._stub.Predict(request, timeout=timeout))
-        return self._call(lambda: self._stub.PredictStream(self._chunks(request), timeout=timeout))
+        if streaming:
+            return self._call(lambda: self._stub.PredictStream(self._chunks(request), timeout=timeout))
+        return self._call(lambda: self._stub.Predict(request, timeout=timeout))
 
     def metadata(self, model: str = "", timeout: float | None = None) -> pb.ModelMetadata:
         request = pb.GetModelMetadataRequest(model_name=model)
