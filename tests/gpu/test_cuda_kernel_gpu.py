@@ -2,9 +2,10 @@
 
 Compiled through CuPy's RawModule (NVRTC) straight from the header, checked
 against the NumPy oracle on random inputs, every dtype pair, 1-D to 3-D. Run
-as a script (``python tests/test_cuda_kernel_gpu.py``) it also prints the
+as a script (``python tests/gpu/test_cuda_kernel_gpu.py``) it also prints the
 kernels' bandwidth next to a device-to-device copy of the same bytes.
-Needs a GPU and CuPy: elsewhere it is skipped, saying so.
+Needs a GPU and CuPy, so the default test run does not collect tests/gpu/
+(pyproject's norecursedirs); on a GPU machine run ``python -m pytest tests/gpu``.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from test_extract_patches_reference import (DTYPES, random_case, random_images,  # noqa: E402
                                             reference_patches, reference_scatter)
 
-HEADER = (pathlib.Path(__file__).resolve().parents[1] / "model_ops" / "cc" / "kernels"
+HEADER = (pathlib.Path(__file__).resolve().parents[2] / "model_ops" / "cc" / "kernels"
           / "extract_patches_gpu.cu.h")
 C_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.uint16): "unsigned short",
            np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
