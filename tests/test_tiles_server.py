@@ -53,7 +53,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Pat
 
 def test_metadata_lists_tile_sources(served) -> None:
     client, *_ = served
-    assert "tile" in client.metadata().inputs.source_kinds
+    inputs = client.metadata().inputs
+    assert "tile" in inputs.source_kinds
+    assert {"TIFF", "BIGTIFF", "OME-TIFF", "SVS", "PNG", "JPEG"} <= set(inputs.tile_formats)
 
 
 @pytest.mark.parametrize("path", ["canvas.tif", "canvas.png"])

@@ -29,5 +29,5 @@ def enable_tile_sources(data_root: str, cache_bytes: int = DEFAULT_CACHE_BYTES,
     if not data_root:
         return None
     opener = TileOpener(data_root, cache_bytes, counters)
-    register_source("tile", opener)
+    register_source("tile", opener, formats=tuple(FORMATS))
     return opener
