@@ -41,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _recipe(args: argparse.Namespace, run: RunDir) -> recipes.Recipe:
-    """The recipe of this run; a resumed run must keep the recipe it started with."""
+    """The recipe of this run.
+
+    A resumed run must keep the settings of its finished stages; stages not
+    yet finished take the current ones (so a later version can reuse the
+    pretraining stages of an earlier run and train a longer fine-tune).
+    """
     recipe = recipes.Recipe(seed=args.seed)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
@@ -50,8 +55,11 @@ def _recipe(args: argparse.Namespace, run: RunDir) -> recipes.Recipe:
     saved = run.root / "recipe.json"
     if saved.exists():
         previous = recipes.Recipe(**json.loads(saved.read_text()))
-        if previous != recipe:
-            raise SystemExit(f"{saved} differs from the arguments given; resume with the same arguments")
+        changed = [stage for stage in TRAINERS
+                   if run.is_done(stage) and previous.stage_fields(stage) != recipe.stage_fields(stage)]
+        if changed:
+            raise SystemExit(f"{saved} differs from the arguments given for the finished stage(s) "
+                             f"{', '.join(changed)}; resume with the same arguments")
     saved.write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     return recipe
 

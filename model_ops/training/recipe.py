@@ -16,11 +16,14 @@ fraction of that by using what the generator knows:
 3. ``finetune``: the whole model trains end to end with attention sampling
    (10 patches of 50x50 without replacement, unbiased gradient, entropy
    regulariser 1e-4) on freshly generated full canvases, the head starting
-   from the first stage's digit weights.
+   from the first stage's digit weights. The fine-tune is where accuracy at
+   10 patches is won (4 epochs gave 93%), so it runs longest, with a cosine
+   learning-rate decay.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
@@ -60,8 +63,8 @@ class Recipe:
     attention_radius: int = 0
     finetune_canvases: int = 1024
     finetune_val_canvases: int = 200
-    finetune_epochs: int = 4
-    finetune_lr: float = 3e-4
+    finetune_epochs: int = 24
+    finetune_lr: float = 5e-4
     n_patches: int = 10
     entropy: float = 1e-4
 
@@ -73,6 +76,14 @@ class Recipe:
         sizes = {f.name: shrink(getattr(self, f.name)) for f in dataclasses.fields(self)
                  if f.name.endswith(("_canvases", "_epochs"))}
         return dataclasses.replace(self, **sizes)
+
+    def stage_fields(self, stage: str) -> dict:
+        """The settings ``stage`` depends on (shared ones included): a resume must not change them."""
+        own = {"features": ("feature_",), "attention": ("attention_",),
+               "finetune": ("finetune_", "n_patches", "entropy")}[stage]
+        shared = ("seed", "batch_size")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name in shared or f.name.startswith(own)}
 
 
 def build_nets(spec: CanvasSpec) -> Nets:
@@ -171,9 +182,30 @@ def train_finetune(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, ve
                           fresh_each_epoch=True)
     val = CanvasBatches(spec, "test", recipe.seed + 1, recipe.finetune_val_canvases, recipe.batch_size)
     history = model.fit(train, epochs=recipe.finetune_epochs, validation_data=val, verbose=verbose,
-                        callbacks=run.callbacks("finetune") + [_step_decay(recipe.finetune_lr,
-                                                                           recipe.finetune_epochs)])
+                        callbacks=run.callbacks("finetune") + [FreshCanvases(train),
+                                                               cosine_decay(recipe.finetune_lr,
+                                                                             recipe.finetune_epochs)])
     return _last(history)
+
+
+class FreshCanvases(keras.callbacks.Callback):
+    """Sets the epoch of the training canvases from Keras' epoch, so a resumed run draws new ones too."""
+
+    def __init__(self, batches: CanvasBatches) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self.batches.epoch = epoch
+
+
+def cosine_decay(base: float, epochs: int, floor: float = 0.05) -> keras.callbacks.Callback:
+    """Half a cosine from ``base`` down to ``floor * base`` over the stage, one value per epoch."""
+    def rate(epoch: int) -> float:
+        progress = epoch / max(1, epochs - 1)
+        return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return keras.callbacks.LearningRateScheduler(rate)
 
 
 def _step_decay(base: float, epochs: int) -> keras.callbacks.Callback:

@@ -1,8 +1,10 @@
 """Write the training report (markdown + pictures) from a finished run folder and an ``ats-eval`` table.
 
-``python -m model_ops.training.report --run-dir runs/megapixel-digits --eval eval.md``
-copies the run's PNG pictures next to the report and tabulates every
-stage: its data, epochs, learning rate, wall time and last-epoch metrics.
+``python -m model_ops.training.report --run-dir runs/megapixel-digits-v2 --version-dir
+models/megapixel-digits/2 --eval eval.md --notes bench/results/training/notes.md`` copies the
+run's PNG pictures next to the report and tabulates every stage: its data,
+epochs, learning rate, wall time and last-epoch metrics; ``--notes`` appends
+a hand-written markdown section (history of the run, caveats).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def _metrics(log: dict[str, list[float]]) -> str:
     return ", ".join(f"{k} {log[k][-1]:.4f}" for k in keys)
 
 
-def write_report(run_dir: pathlib.Path, eval_table: str, out: pathlib.Path) -> None:
+def write_report(run_dir: pathlib.Path, version_dir: str, eval_table: str, out: pathlib.Path,
+                 notes: str = "") -> None:
     recipe = json.loads((run_dir / "recipe.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     pictures = out.parent / out.stem
@@ -45,9 +48,9 @@ def write_report(run_dir: pathlib.Path, eval_table: str, out: pathlib.Path) -> N
         images.append(f"![{stage} curves]({pictures.name}/{stage}_curves.png)")
     shutil.copy(run_dir / "attention.png", pictures / "attention.png")
     text = [
-        "# Training report: megapixel digits",
+        f"# Training report: megapixel digits, `{version_dir}`",
         "",
-        f"Command: `ats-train megapixel-digits --run-dir {run_dir.as_posix()} --export models/megapixel-digits/1` "
+        f"Command: `ats-train megapixel-digits --run-dir {run_dir.as_posix()} --export {version_dir}` "
         f"(batch {recipe['batch_size']}, seed {recipe['seed']}); machine: {os.cpu_count()} CPU cores shared with "
         f"other work, Python {platform.python_version()}.",
         "",
@@ -69,17 +72,23 @@ def write_report(run_dir: pathlib.Path, eval_table: str, out: pathlib.Path) -> N
         "",
         f"![attention]({pictures.name}/attention.png)",
         "",
+        notes.strip(),
+        "",
     ]
     out.write_text("\n".join(text))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/megapixel-digits")
+    parser.add_argument("--run-dir", default="runs/megapixel-digits-v2")
+    parser.add_argument("--version-dir", default="models/megapixel-digits/2", help="where the run exported to")
     parser.add_argument("--eval", required=True, help="markdown table written by ats-eval --markdown")
+    parser.add_argument("--notes", default=None, help="markdown appended to the report")
     parser.add_argument("--out", default="bench/results/training.md")
     args = parser.parse_args(argv)
-    write_report(pathlib.Path(args.run_dir), pathlib.Path(args.eval).read_text(), pathlib.Path(args.out))
+    notes = pathlib.Path(args.notes).read_text() if args.notes else ""
+    write_report(pathlib.Path(args.run_dir), args.version_dir, pathlib.Path(args.eval).read_text(),
+                 pathlib.Path(args.out), notes)
     return 0
 
 
