@@ -88,6 +88,14 @@ def test_errors_name_the_field(ats_server, image_file):
     assert "NOT_FOUND" in done.stderr and "field model_name:" in done.stderr
 
 
+def test_missing_image_file_is_reported_without_a_traceback(ats_server, tmp_path):
+    missing = tmp_path / "no-such.png"
+    done = cli(ats_server, "predict", str(missing))
+    assert done.returncode == 2
+    assert f"No such file or directory: {missing}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_deadline(ats_server):
     pixels = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), np.uint8)
     with AtsClient(ats_server.target, retries=0) as client, pytest.raises(AtsError) as caught:

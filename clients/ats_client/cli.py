@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for field, description in error.fields.items():
                 print(f"  field {field}: {description}", file=sys.stderr)
             return 2
+        except OSError as error:  # an unreadable image or overlay path: say which, no traceback
+            print(f"error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
