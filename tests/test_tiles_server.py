@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -17,7 +19,6 @@ from conftest import TINY_MODEL, free_port
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 from model_ops.datasets.writers import write_png, write_tiff
 from service.config import Config
-from service.tiles import enable_tile_sources
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +37,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Pat
     (root / "notes.txt").write_text("not an image")
     config = Config(model_repository=str(repository), host="127.0.0.1", port=free_port(), metrics_port=free_port(),
                     poll_interval=0, drain_delay=0, grace_period=5, data_root=str(root))
-    enable_tile_sources(config.data_root)  # before the server lists its accepted sources
-    server = Server(config, CollectorRegistry())
-    enable_tile_sources(config.data_root, counters=server.metrics)  # count into its metrics
+    server = Server(config, CollectorRegistry())  # enables tile sources from config.data_root
     server.start()
     try:
         with AtsClient(f"127.0.0.1:{server.port}", retries=0, timeout=60) as client:
@@ -93,3 +92,16 @@ def test_tile_reads_reach_the_prometheus_counters(served) -> None:
               if line.startswith("ats_tile") and not line.startswith("#")}
     assert values["ats_tile_bytes_read_total"] > 0 and values["ats_tiles_decoded_total"] > 0
     assert values["ats_tile_cache_misses_total"] > 0
+
+
+def test_cli_predicts_a_tile_reference(served) -> None:
+    client, *_ = served
+    target = client.target
+    done = subprocess.run([sys.executable, "-m", "ats_client.cli", "predict", "canvas.tif", "--tile",
+                           "--seed", "3", "--n-patches", "6", "--server", target, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = client.predict_tile("canvas.tif", seed=3, n_patches=6)
+    assert f'"label": "{expected.label}"' in done.stdout
+    assert '"image_height": 1600' in done.stdout
+

@@ -28,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", parents=[common], help="classify an image")
-    predict.add_argument("image", help="PNG, JPEG, TIFF or WebP file")
+    predict.add_argument("image", help="PNG, JPEG, TIFF or WebP file; with --tile, a path on the server")
+    predict.add_argument("--tile", action="store_true",
+                         help="IMAGE names a (tiled) image under the server's --data-root: no pixels are sent")
+    predict.add_argument("--level", type=int, default=None, help="with --tile: pyramid level hint")
     predict.add_argument("--model", default="", help="model name (default: the server's default)")
     predict.add_argument("--version", type=int, default=0, help="model version (default: latest)")
     predict.add_argument("--n-patches", type=int, default=0, help="patches (default: the model's)")
@@ -55,9 +58,15 @@ def _print_prediction(response) -> None:
 
 
 def _predict(client: AtsClient, args: argparse.Namespace) -> int:
-    response = client.predict(args.image, model=args.model, version=args.version, n_patches=args.n_patches,
-                              seed=args.seed, mode=args.mode, attention_map=True)
-    if args.overlay:
+    options = dict(model=args.model, version=args.version, n_patches=args.n_patches, seed=args.seed,
+                   mode=args.mode, attention_map=True)
+    if args.tile:
+        response = client.predict_tile(args.image, level=args.level, **options)
+    else:
+        response = client.predict(args.image, **options)
+    if args.overlay and args.tile:
+        print("--overlay needs the pixels: not drawn for a tile reference", file=sys.stderr)
+    elif args.overlay:
         with Image.open(args.image) as image:
             write_overlay(np.asarray(image.convert("RGB")), response, args.overlay)
     if args.json:
