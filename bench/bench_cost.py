@@ -142,7 +142,8 @@ def _versions() -> str:
 
 
 def _table(results: dict[str, list[dict]], args: argparse.Namespace, accuracy_note: str) -> str:
-    names = {"ats": "(a) attention sampling, `predict_image`, 10 patches of 50x50",
+    version = pathlib.Path(args.model).resolve().relative_to(REPO).as_posix()
+    names = {"ats": f"(a) attention sampling, `{version}` `predict_image`, 10 patches of 50x50",
              "cnn": "(b) full-image CNN, stride-2 stem (the baseline)",
              "cnn_cheap": "(b') full-image CNN, strides 2,2,2,1 (cheaper, coarser variant)"}
     summary = {}
@@ -190,7 +191,8 @@ def _table(results: dict[str, list[dict]], args: argparse.Namespace, accuracy_no
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "models" / "megapixel-digits" / "1"))
+    parser.add_argument("--model", default=None,
+                        help="version directory (default: the latest of models/megapixel-digits)")
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
@@ -198,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "cost.md"))
     parser.add_argument("--worker", choices=["ats", "cnn", "cnn_cheap"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.model is None:
+        from model_ops.export import latest_version
+
+        args.model = str(latest_version(REPO / "models" / "megapixel-digits"))
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.images, args.warmup, args.seed)))
         return 0

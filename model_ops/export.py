@@ -95,6 +95,14 @@ def check_compatible(metadata: ModelMetadata) -> None:
                                      + ". Re-export it with the installed versions.")
 
 
+def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
+    """The highest integer version directory of a model (the one a repository serves by default)."""
+    versions = [p for p in pathlib.Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise FileNotFoundError(f"{model_dir} holds no integer version directory")
+    return max(versions, key=lambda p: int(p.name))
+
+
 def load_model(version_dir: str | os.PathLike) -> tuple[Any, ModelMetadata]:
     """Check versions, load the op library, then load the SavedModel; returns ``(model, metadata)``."""
     metadata = load_metadata(version_dir)

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from model_ops import expectation, geometry, sampling
 from model_ops.export import (
-    MODE_SAMPLE, MODE_TOP_K, IncompatibleModelError, check_compatible, export_tiny_model, load_metadata,
-    load_model,
+    MODE_SAMPLE, MODE_TOP_K, IncompatibleModelError, check_compatible, export_tiny_model, latest_version,
+    load_metadata, load_model,
 )
 from model_ops.python.ops.extract_patches import extract_patches
 
@@ -184,3 +184,12 @@ def test_bad_metadata(version_dir, tmp_path):
 def test_versions_are_immutable(version_dir):
     with pytest.raises(FileExistsError, match="immutable"):
         export_tiny_model(version_dir)
+
+
+def test_latest_version_is_the_highest_integer(tmp_path):
+    for name in ("2", "10", "9", "weights"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "11").write_text("a file, not a version")
+    assert latest_version(tmp_path) == tmp_path / "10"
+    with pytest.raises(FileNotFoundError, match="no integer version"):
+        latest_version(tmp_path / "weights")

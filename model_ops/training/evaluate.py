@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
-from model_ops.export import MODE_SAMPLE, MODE_TOP_K, load_model
+from model_ops.export import MODE_SAMPLE, MODE_TOP_K, latest_version, load_model
 
 MODES = {"sample": MODE_SAMPLE, "top_k": MODE_TOP_K}
 DEFAULT_SEED = 1000  # training draws its test-split canvases from seeds 1 and 2
@@ -56,13 +56,15 @@ def format_table(accuracy: dict[tuple[str, int], float], n_canvases: int) -> str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ats-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/megapixel-digits/1", help="exported version directory")
+    parser.add_argument("--model", default=None,
+                        help="exported version directory (default: the latest of models/megapixel-digits)")
     parser.add_argument("--canvases", type=int, default=1000)
     parser.add_argument("--patches", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="which fresh canvases")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
+    args.model = args.model or str(latest_version("models/megapixel-digits"))
     start = time.perf_counter()
     accuracy = evaluate(args.model, args.canvases, args.patches, args.modes, args.seed)
     table = format_table(accuracy, args.canvases)
