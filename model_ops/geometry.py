@@ -46,10 +46,17 @@ def cells_to_offsets(
     """
     cells = tf.convert_to_tensor(cells)
     ndim = cells.shape[-1]
+    steps, origin = cell_grid(low_shape, high_shape, attention_shape, receptive_field, ndim)
+    start = origin + tf.cast(cells, tf.float64) * steps + steps / 2 - _per_dim(patch_size, ndim) / 2
+    return tf.cast(tf.round(start), tf.int32)
+
+
+def cell_grid(low_shape: Sizes, high_shape: Sizes, attention_shape: Sizes,
+              receptive_field: Sizes = 0, ndim: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Full-resolution ``(steps, origin)`` float64 per dimension: cell ``i`` covers
+    ``[origin + i*steps, origin + (i+1)*steps)``. Clients draw the map with it."""
+    ndim = ndim or len(low_shape)
     low = _per_dim(low_shape, ndim)
     scale = _per_dim(high_shape, ndim) / low
     rf = _per_dim(receptive_field, ndim)
-    steps = (low - rf) * scale / _per_dim(attention_shape, ndim)
-    start = (rf / 2 * scale + tf.cast(cells, tf.float64) * steps + steps / 2
-             - _per_dim(patch_size, ndim) / 2)
-    return tf.cast(tf.round(start), tf.int32)
+    return (low - rf) * scale / _per_dim(attention_shape, ndim), rf / 2 * scale

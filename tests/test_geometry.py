@@ -102,3 +102,15 @@ def test_extremes_do_not_wrap_around():
 def test_view_refuses_float_images():
     with pytest.raises(TypeError, match="uint8"):
         low_resolution_view(np.zeros((4, 4, 1), np.float32), (2, 2))
+
+
+def test_cell_grid_places_each_patch_on_its_cell_centre():
+    from model_ops.geometry import cell_grid
+    low, high, att, rf, patch = (100, 60), (1000, 900), (25, 14), 4, (50, 40)
+    steps, origin = (t.numpy() for t in cell_grid(low, high, att, rf))
+    np.testing.assert_allclose(steps, [(100 - 4) * 10 / 25, (60 - 4) * 15 / 14])
+    np.testing.assert_allclose(origin, [2 * 10, 2 * 15])
+    cells = np.stack(np.meshgrid(np.arange(25), np.arange(14), indexing="ij"), -1).reshape(1, -1, 2)
+    offsets = cells_to_offsets(cells, low, high, att, patch, rf).numpy()
+    centres = origin + (cells + 0.5) * steps
+    assert np.abs(offsets + np.array(patch) / 2 - centres).max() <= 0.5

@@ -6,6 +6,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from model_ops import geometry
 from model_ops.geometry import cells_to_offsets
 from model_ops.sampling import sample_positions
 from service.pipeline.errors import InvalidInput
@@ -57,11 +58,6 @@ def _positions(attention: tf.Tensor, n_patches: tf.Tensor, seed: tf.Tensor, low_
 
 def cell_grid(low_shape: tuple[int, int], high_shape: tuple[int, int],
               attention_shape: tuple[int, int], receptive_field: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Full-resolution (step, origin) per axis of the attention cells: cell i of an
-    axis starts at ``origin + i * step`` (the geometry of ``cells_to_offsets``)."""
-    steps, origins = [], []
-    for low, high, cells in zip(low_shape, high_shape, attention_shape):
-        scale = high / low
-        steps.append((low - receptive_field) * scale / cells)
-        origins.append(receptive_field / 2 * scale)
-    return (steps[0], steps[1]), (origins[0], origins[1])
+    """Full-resolution (step, origin) per axis of the attention cells, for the response."""
+    steps, origins = geometry.cell_grid(low_shape, high_shape, attention_shape, receptive_field)
+    return tuple(steps.numpy().tolist()), tuple(origins.numpy().tolist())
