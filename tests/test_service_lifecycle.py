@@ -191,3 +191,20 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository, helpe
         assert helpers.metric(samples, "ats_requests_in_flight") == 0
         assert helpers.metric(samples, "grpc_server_handled_total", grpc_method="PredictStream",
                               grpc_code="DEADLINE_EXCEEDED") == 1
+
+
+def test_health_watch_streams_the_drain(start_server, make_repository):
+    """Kubernetes-style watchers see SERVING, then NOT_SERVING when SIGTERM drains."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = start_server(make_repository(), "--drain-delay", "3")
+    with grpc.insecure_channel(server.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="tiny"),
+                                                          timeout=60)
+        seen = [next(watch).status]
+        assert seen == [health_pb2.HealthCheckResponse.SERVING]
+        server.process.send_signal(signal.SIGTERM)
+        seen.append(next(watch).status)
+        assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+    assert server.process.wait(60) == 0
