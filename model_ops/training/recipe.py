@@ -17,8 +17,8 @@ fraction of that by using what the generator knows:
    (10 patches of 50x50 without replacement, unbiased gradient, entropy
    regulariser 1e-4) on freshly generated full canvases, the head starting
    from the first stage's digit weights. The fine-tune is where accuracy at
-   10 patches is won (4 epochs gave 93%), so it runs longest, with a cosine
-   learning-rate decay.
+   10 patches is won (top-k: 94% after 4 epochs, 97% after 24), so it runs
+   longest, with a cosine learning-rate decay.
 """
 from __future__ import annotations
 
