@@ -1,30 +1,9 @@
 // Kernels of AtsExtractPatchesGrad: the adjoint of AtsExtractPatches, a
 // scatter-add of patch gradients into a zero image (outside pixels dropped).
-#define EIGEN_USE_THREADS
-#if GOOGLE_CUDA
-#define EIGEN_USE_GPU
-#endif
-
-#include <algorithm>
-
-#include "absl/strings/str_cat.h"
-#include "extract_patches_geometry.h"
-#include "extract_patches_gpu.cu.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/types.h"
-#include "tensorflow/core/platform/threadpool.h"
-#if GOOGLE_CUDA
-#include "extract_patches_gpu.h"
-#include "extract_patches_gpu_types.h"
-#endif
+#include "extract_patches_kernel_base.h"
 
 namespace ats {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using CPUDevice = Eigen::ThreadPoolDevice;
 
 template <typename Device, typename T>
 struct Backward;

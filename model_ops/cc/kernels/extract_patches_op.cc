@@ -1,32 +1,11 @@
 // Forward kernels of AtsExtractPatches (registration: ../ops/extract_patches_ops.cc).
-#define EIGEN_USE_THREADS
-#if GOOGLE_CUDA
-#define EIGEN_USE_GPU
-#endif
-
-#include <algorithm>
+#include "extract_patches_kernel_base.h"
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
-#include "absl/strings/str_cat.h"
-#include "extract_patches_geometry.h"
-#include "extract_patches_gpu.cu.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/types.h"
-#include "tensorflow/core/platform/threadpool.h"
-#if GOOGLE_CUDA
-#include "extract_patches_gpu.h"
-#include "extract_patches_gpu_types.h"
-#endif
-
 namespace ats {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using CPUDevice = Eigen::ThreadPoolDevice;
 
 // Attributes shared by every device: fill value, scale and the output cap.
 struct ForwardAttrs {
