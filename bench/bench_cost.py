@@ -26,11 +26,11 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
+from machine import describe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHEAP_STRIDES = (2, 2, 2, 1)
@@ -132,13 +132,7 @@ def _versions() -> str:
     import tensorflow as tf
 
     import keras
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    return describe(TensorFlow=tf.__version__, Keras=keras.__version__)
 
 
 def _table(results: dict[str, list[dict]], args: argparse.Namespace, accuracy_note: str) -> str:

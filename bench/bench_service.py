@@ -18,7 +18,6 @@ import io
 import multiprocessing
 import os
 import pathlib
-import platform
 import signal
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ import tempfile
 import time
 
 import numpy as np
+from machine import describe
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = "megapixel-digits"
@@ -168,13 +168,7 @@ def versions() -> str:
     import grpc
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-            f"grpcio {grpc.__version__}")
+    return describe(TensorFlow=tf.__version__, grpcio=grpc.__version__)
 
 
 def report(args: argparse.Namespace, model: str, measured: dict[str, tuple[bytes, list, list, dict]],

@@ -89,12 +89,13 @@ class Served:
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         self.client = AtsClient(f"127.0.0.1:{port}", retries=0, timeout=600)
+        models = sorted(d.name for d in repository.iterdir() if d.is_dir())
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited:\n{log.read_text()}")
-            try:
-                if self.client.health() == "SERVING":
+            try:  # every model ready, not just the first one (overall SERVING)
+                if all(self.client.health(name) == "SERVING" for name in models):
                     self.rest_mb = self.peak_rss_mb()  # TensorFlow, the model and its warm-up
                     return
             except Exception:
