@@ -163,3 +163,27 @@ def test_stream_header_carries_no_pixels(ats_server, helpers):
 def test_second_header_in_a_stream(ats_server, helpers):
     header = pb.PredictStreamRequest(header=pb.PredictRequest())
     refused(lambda: _raw_stream(ats_server.target, [header, header]), INVALID, "header")
+
+
+def _resident_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+@pytest.mark.slow
+def test_memory_returns_after_refused_large_images(client, ats_server, helpers):
+    """Truncated 12 MP images are decoded into full buffers before they fail:
+    those buffers must be freed, so resident memory does not climb with each one."""
+    jpeg = helpers.encode(helpers.random_image(3000, 4000), "JPEG", quality=90)
+    truncated = jpeg[: len(jpeg) * 3 // 4]
+    pid = ats_server.process.pid
+
+    def refuse(times: int) -> None:
+        for _ in range(times):
+            refused(lambda: client.predict(truncated), INVALID, "image")
+
+    refuse(4)  # allocator pools and caches reach their working size
+    settled = _resident_mb(pid)
+    refuse(24)  # 24 x 36 MB of pixels if nothing were freed
+    grown = _resident_mb(pid) - settled
+    assert grown < 150, f"resident memory grew {grown:.0f} MB over 24 refused images"
