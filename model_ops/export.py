@@ -51,6 +51,12 @@ class ModelMetadata:
     tensorflow_version: str = ""
     op_library_version: str = ""
 
+    def low_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the low-resolution view of a ``height`` x ``width`` image."""
+        if self.low_size is not None:
+            return tuple(self.low_size)
+        return lowres.low_resolution_size((height, width), self.low_scale)
+
     def with_current_versions(self) -> "ModelMetadata":
         return dataclasses.replace(self, tensorflow_version=tf.__version__,
                                    op_library_version=op_library_version())
@@ -117,11 +123,10 @@ def _squeeze_channel(attention: tf.Tensor) -> tf.Tensor:
 
 
 def _low_size(image_shape: tf.Tensor, metadata: ModelMetadata) -> tf.Tensor:
-    """The low view size for a full image ``(H, W)``: fixed, or ``round(H*s)`` halves up (as lowres)."""
+    """The low view size for a full image ``(H, W)`` in the graph (see ``ModelMetadata.low_shape``)."""
     if metadata.low_size is not None:
         return tf.constant(metadata.low_size, tf.int32)
-    scaled = tf.cast(image_shape, tf.float64) * metadata.low_scale + 0.5 + 1e-9
-    return tf.maximum(tf.cast(tf.floor(scaled), tf.int32), 1)
+    return lowres.low_resolution_size_tensor(image_shape, metadata.low_scale)
 
 
 class ServingFunctions:

@@ -14,14 +14,22 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 
+_ROUNDING = 0.5 + 1e-9  # halves up; the epsilon absorbs float error in products such as 1500 * 0.12
+
+
 def low_resolution_size(shape: Sequence[int], scale: float) -> tuple[int, int]:
     """Size ``(h, w)`` of the low view of an ``H x W`` image at ``scale``.
 
     ``round(H * scale)`` with halves rounded up, at least 1 (``ats_model.json``
-    ``low_scale``). A tiny epsilon absorbs float error in products such as
-    ``1500 * 0.12``.
+    ``low_scale``).
     """
-    return tuple(max(1, math.floor(d * scale + 0.5 + 1e-9)) for d in shape[:2])
+    return tuple(max(1, math.floor(d * scale + _ROUNDING)) for d in shape[:2])
+
+
+def low_resolution_size_tensor(shape: tf.Tensor, scale: float) -> tf.Tensor:
+    """:func:`low_resolution_size` inside a graph, for an int32 ``(H, W)`` tensor."""
+    scaled = tf.cast(shape, tf.float64) * scale + _ROUNDING
+    return tf.maximum(tf.cast(tf.floor(scaled), tf.int32), 1)
 
 
 def low_resolution_view(image: tf.Tensor, size: Sequence[int] | tf.Tensor) -> tf.Tensor:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from model_ops.export import ModelMetadata
 from service.pipeline.sources import ImageSource
-from service.pipeline.spec import ModelSpec
 
 
-def extract(source: ImageSource, offsets: tf.Tensor, spec: ModelSpec) -> tf.Tensor:
+def extract(source: ImageSource, offsets: tf.Tensor, spec: ModelMetadata) -> tf.Tensor:
     """uint8 (1, N, ph, pw, C)."""
     return source.patches(offsets, spec.patch_size)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from model_ops.export import ModelMetadata
 from service.pipeline.errors import InvalidInput
-from service.pipeline.spec import ModelSpec
 from service.pipeline.sources import ImageSource
 
 
-def low_view(source: ImageSource, spec: ModelSpec) -> tf.Tensor:
+def low_view(source: ImageSource, spec: ModelMetadata) -> tf.Tensor:
     """uint8 (1, h, w, C) view at the model's scale; refuses images too small
     for the attention network to see anything."""
     height, width, _ = source.shape

@@ -11,13 +11,13 @@ import pathlib
 
 import tensorflow as tf
 
-from model_ops.python.ops.loader import load_op_library
-from service.pipeline.spec import ModelSpec, read_spec
+from model_ops.export import ModelMetadata, load_model
+from service.pipeline.spec import check_servable
 
 
 @dataclasses.dataclass(frozen=True)
 class ServableModel:
-    spec: ModelSpec
+    spec: ModelMetadata
     version: int
     path: pathlib.Path
     saved_model: object
@@ -40,11 +40,10 @@ class ServableModel:
 
 
 def load_servable(name: str, version: int, path: pathlib.Path) -> ServableModel:
-    """Load one version directory; the patch-op library is loaded first because
-    the SavedModel's graphs reference the op."""
-    spec = read_spec(path)
-    if spec.name != name:
-        raise ValueError(f"{path}: ats_model.json names model {spec.name!r}, its directory {name!r}")
-    load_op_library()
-    return ServableModel(spec=spec, version=version, path=path,
-                         saved_model=tf.saved_model.load(str(path)))
+    """Load one version directory (versions checked, patch-op library loaded
+    first: the SavedModel's graphs reference the op)."""
+    saved_model, metadata = load_model(path)
+    check_servable(metadata)
+    if metadata.name != name:
+        raise ValueError(f"{path}: ats_model.json names model {metadata.name!r}, its directory {name!r}")
+    return ServableModel(spec=metadata, version=version, path=path, saved_model=saved_model)

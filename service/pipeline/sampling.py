@@ -7,10 +7,9 @@ import dataclasses
 import tensorflow as tf
 
 from model_ops import geometry
-from model_ops.geometry import cells_to_offsets
+from model_ops.export import ModelMetadata
 from model_ops.sampling import sample_positions
 from service.pipeline.errors import InvalidInput
-from service.pipeline.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +19,7 @@ class Positions:
     offsets: tf.Tensor  # int32 (1, N, 2) top-left (y, x) in full-resolution pixels
 
 
-def check_n_patches(n_patches: int, spec: ModelSpec) -> int:
+def check_n_patches(n_patches: int, spec: ModelMetadata) -> int:
     """Resolve 0 to the model default and bound the rest."""
     n = n_patches or spec.n_patches
     if not 1 <= n <= spec.max_patches:
@@ -30,7 +29,7 @@ def check_n_patches(n_patches: int, spec: ModelSpec) -> int:
     return n
 
 
-def sample(attention: tf.Tensor, spec: ModelSpec, n_patches: int, mode: str, seed: int,
+def sample(attention: tf.Tensor, spec: ModelMetadata, n_patches: int, mode: str, seed: int,
            low_shape: tuple[int, int], high_shape: tuple[int, int]) -> Positions:
     """Draw ``n_patches`` cells (``mode`` "sample" or "top_k")."""
     cells_available = int(attention.shape[1]) * int(attention.shape[2])
@@ -51,7 +50,7 @@ def _positions(attention: tf.Tensor, n_patches: tf.Tensor, seed: tf.Tensor, low_
     """Sampling and placement as one graph: the sampler's per-row loop is
     ~50x slower run op by op in eager mode."""
     cells, probabilities = sample_positions(attention, n_patches, replace, mode=mode, seed=seed)
-    offsets = cells_to_offsets(cells, low_shape, high_shape, tf.shape(attention)[1:], patch_size,
+    offsets = geometry.cells_to_offsets(cells, low_shape, high_shape, tf.shape(attention)[1:], patch_size,
                                receptive_field)
     return cells, probabilities, offsets
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 from ats_api.v1 import attention_sampling_pb2 as pb
 
+from model_ops.export import ModelMetadata
 from service.pipeline import decode
 from service.pipeline.errors import InvalidInput
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
 from service.pipeline.runner import PredictOptions, Prediction
 from service.pipeline.sources import SourceLimits, accepted_formats, accepted_kinds
-from service.pipeline.spec import ModelSpec
 from service.server.repository import VersionEntry
 
 _STATES = {"LOADING": pb.ModelVersionStatus.LOADING, "READY": pb.ModelVersionStatus.READY,
@@ -75,7 +75,7 @@ def options(request: pb.PredictRequest) -> PredictOptions:
     )
 
 
-def response(name: str, version: int, spec: ModelSpec, prediction: Prediction,
+def response(name: str, version: int, spec: ModelMetadata, prediction: Prediction,
              output: pb.OutputOptions) -> pb.PredictResponse:
     probabilities = prediction.probabilities
     best = int(probabilities.argmax())
