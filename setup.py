@@ -7,6 +7,7 @@ Two things are generated at install time, never committed:
 Both are written into the source tree so that editable and regular installs
 behave the same.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,8 +36,9 @@ class BuildWithGenerated(build_py):
         super().run()
 
 
-PACKAGES = find_packages(include=["model_ops", "model_ops.*", "service", "service.*"],
-                         exclude=["model_ops.compat*"])
+PACKAGES = find_packages(
+    include=["model_ops", "model_ops.*", "service", "service.*"], exclude=["model_ops.compat*"]
+)
 PACKAGES += find_packages("model_ops/compat", include=["ats", "ats.*"])
 PACKAGES += find_packages("protos", include=["ats_api", "ats_api.*"])
 PACKAGES += find_packages("clients", include=["ats_client", "ats_client.*"])

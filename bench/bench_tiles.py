@@ -22,6 +22,7 @@ view of a 100k canvas (12000x12000 at 0.12) could not stay under 1 GB.
 Canvases are written under runs/bench_tiles/ (git-ignored) and deleted at the
 end unless --keep.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,16 @@ import threading
 import time
 import urllib.request
 
-import numpy as np
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BENCH_MODEL = "bench-fixed-view"
 SHIPPED = "megapixel-digits"
-COUNTERS = ("ats_tile_bytes_read_total", "ats_tiles_decoded_total", "ats_tile_cache_hits_total",
-            "ats_tile_cache_misses_total")
+COUNTERS = (
+    "ats_tile_bytes_read_total",
+    "ats_tiles_decoded_total",
+    "ats_tile_cache_hits_total",
+    "ats_tile_cache_misses_total",
+)
 
 
 # -- the server (a subprocess of this script) ----------------------------------
@@ -77,17 +80,42 @@ def free_port() -> int:
 class Served:
     """A server process with its client and metrics URL."""
 
-    def __init__(self, repository: pathlib.Path, data_root: pathlib.Path, log: pathlib.Path, *flags: str) -> None:
+    def __init__(
+        self, repository: pathlib.Path, data_root: pathlib.Path, log: pathlib.Path, *flags: str
+    ) -> None:
         from ats_client import AtsClient
 
         port, self.metrics_port = free_port(), free_port()
-        command = [sys.executable, __file__, "serve", "--host", "127.0.0.1", "--port", str(port),
-                   "--metrics-port", str(self.metrics_port), "--model-repository", str(repository),
-                   "--data-root", str(data_root), "--poll-interval", "0", "--drain-delay", "0",
-                   "--max-message-bytes", str(64 << 20), *flags]
+        command = [
+            sys.executable,
+            __file__,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--model-repository",
+            str(repository),
+            "--data-root",
+            str(data_root),
+            "--poll-interval",
+            "0",
+            "--drain-delay",
+            "0",
+            "--max-message-bytes",
+            str(64 << 20),
+            *flags,
+        ]
         self._log = open(log, "wb")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
         self.client = AtsClient(f"127.0.0.1:{port}", retries=0, timeout=600)
         models = sorted(d.name for d in repository.iterdir() if d.is_dir())
         deadline = time.monotonic() + 300
@@ -110,9 +138,16 @@ class Served:
         return float("nan")
 
     def counters(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).read().decode()
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                if line.split(" ")[0] in COUNTERS}
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30)
+            .read()
+            .decode()
+        )
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.split(" ")[0] in COUNTERS
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -141,9 +176,19 @@ def export_bench_model(repository: pathlib.Path) -> None:
     from model_ops.export import ModelMetadata, export_model, tiny_networks
 
     attention, features, head = tiny_networks(channels=1, n_classes=10, feature_dim=4, patch_size=(50, 50))
-    metadata = ModelMetadata(name=BENCH_MODEL, classes=[str(i) for i in range(10)], low_scale=0.12,
-                             low_size=[512, 512], patch_size=[50, 50], n_patches=10, max_patches=64,
-                             replace=False, receptive_field=0, channels=1, feature_dim=4)
+    metadata = ModelMetadata(
+        name=BENCH_MODEL,
+        classes=[str(i) for i in range(10)],
+        low_scale=0.12,
+        low_size=[512, 512],
+        patch_size=[50, 50],
+        n_patches=10,
+        max_patches=64,
+        replace=False,
+        receptive_field=0,
+        channels=1,
+        feature_dim=4,
+    )
     export_model(attention, features, head, metadata, repository / BENCH_MODEL / "1")
 
 
@@ -163,10 +208,18 @@ def by_reference(served: Served, path: pathlib.Path, requests: int) -> dict[str,
     after = served.counters()
     cold_bytes = after_cold[COUNTERS[0]] - before[COUNTERS[0]]
     warm_bytes = (after[COUNTERS[0]] - after_cold[COUNTERS[0]]) / requests
-    return {"cold_s": cold, "p50_s": statistics.median(latencies), "cold_share": cold_bytes / size,
-            "warm_share": warm_bytes / size, "cold_bytes": cold_bytes, "warm_bytes": warm_bytes,
-            "tiles_cold": after_cold[COUNTERS[1]] - before[COUNTERS[1]],
-            "peak_mb": served.peak_rss_mb(), "rest_mb": served.rest_mb, "file_mb": size / 1e6}
+    return {
+        "cold_s": cold,
+        "p50_s": statistics.median(latencies),
+        "cold_share": cold_bytes / size,
+        "warm_share": warm_bytes / size,
+        "cold_bytes": cold_bytes,
+        "warm_bytes": warm_bytes,
+        "tiles_cold": after_cold[COUNTERS[1]] - before[COUNTERS[1]],
+        "peak_mb": served.peak_rss_mb(),
+        "rest_mb": served.rest_mb,
+        "file_mb": size / 1e6,
+    }
 
 
 def as_pixels(served: Served, path: pathlib.Path, requests: int) -> dict[str, float]:
@@ -181,11 +234,18 @@ def as_pixels(served: Served, path: pathlib.Path, requests: int) -> dict[str, fl
         served.client.predict(pixels, model=BENCH_MODEL, seed=seed)
         latencies.append(time.perf_counter() - start)
         del pixels
-    return {"p50_s": statistics.median(latencies), "decode_s": statistics.median(decodes),
-            "peak_mb": served.peak_rss_mb(), "rest_mb": served.rest_mb, "runs": requests}
+    return {
+        "p50_s": statistics.median(latencies),
+        "decode_s": statistics.median(decodes),
+        "peak_mb": served.peak_rss_mb(),
+        "rest_mb": served.rest_mb,
+        "runs": requests,
+    }
 
 
-def accuracy(served: Served, data: pathlib.Path, sizes: list[int], canvases: int) -> dict[int, tuple[float, int]]:
+def accuracy(
+    served: Served, data: pathlib.Path, sizes: list[int], canvases: int
+) -> dict[int, tuple[float, int]]:
     """Share of canvases whose majority digit the shipped model names, by reference."""
     from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout
     from model_ops.datasets.writers import write_tiff
@@ -211,12 +271,16 @@ def versions() -> str:
     import tensorflow as tf
     import tifffile
 
-    return (f"Python {platform.python_version()}, TensorFlow {tf.__version__}, tifffile {tifffile.__version__}, "
-            f"openslide-python {openslide.__version__} (OpenSlide {openslide.__library_version__}), "
-            f"grpcio {grpc.__version__}")
+    return (
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, tifffile {tifffile.__version__}, "
+        f"openslide-python {openslide.__version__} (OpenSlide {openslide.__library_version__}), "
+        f"grpcio {grpc.__version__}"
+    )
 
 
-def report(args: argparse.Namespace, written: dict, tiles: dict, pixels: dict, accuracies: dict | None) -> str:
+def report(
+    args: argparse.Namespace, written: dict, tiles: dict, pixels: dict, accuracies: dict | None
+) -> str:
     lines = [
         "# Tile references: whole-slide-scale canvases by reference",
         "",
@@ -241,14 +305,18 @@ def report(args: argparse.Namespace, written: dict, tiles: dict, pixels: dict, a
     ]
     for size, (path, write_s, _) in written.items():
         t = tiles[size]
-        row = (f"| {size}x{size} | {t['file_mb']:.1f} MB | {write_s:.0f} s | {t['cold_s'] * 1e3:.0f} ms "
-               f"| {t['p50_s'] * 1e3:.0f} ms | {t['cold_share'] * 100:.2f}% ({t['cold_bytes'] / 1e3:.0f} kB) "
-               f"| {t['warm_share'] * 100:.3f}% ({t['warm_bytes'] / 1e3:.0f} kB) | {t['tiles_cold']:.0f} "
-               f"| {t['peak_mb']:.0f} MB (+{t['peak_mb'] - t['rest_mb']:.0f})")
+        row = (
+            f"| {size}x{size} | {t['file_mb']:.1f} MB | {write_s:.0f} s | {t['cold_s'] * 1e3:.0f} ms "
+            f"| {t['p50_s'] * 1e3:.0f} ms | {t['cold_share'] * 100:.2f}% ({t['cold_bytes'] / 1e3:.0f} kB) "
+            f"| {t['warm_share'] * 100:.3f}% ({t['warm_bytes'] / 1e3:.0f} kB) | {t['tiles_cold']:.0f} "
+            f"| {t['peak_mb']:.0f} MB (+{t['peak_mb'] - t['rest_mb']:.0f})"
+        )
         if size in pixels:
             p = pixels[size]
-            row += (f" | {p['p50_s']:.2f} s ({p['decode_s']:.2f} s, n={p['runs']}) | {p['peak_mb']:.0f} MB "
-                    f"| {p['p50_s'] / t['p50_s']:.0f}x |")
+            row += (
+                f" | {p['p50_s']:.2f} s ({p['decode_s']:.2f} s, n={p['runs']}) | {p['peak_mb']:.0f} MB "
+                f"| {p['p50_s'] / t['p50_s']:.0f}x |"
+            )
         else:
             row += f" | not attempted ({size * size / 1e9:.0f} GB of pixels) | | |"
         lines.append(row)
@@ -266,14 +334,20 @@ def report(args: argparse.Namespace, written: dict, tiles: dict, pixels: dict, a
     if accuracies is None:
         lines.append(f"Not measured: `models/{SHIPPED}` was not in the repository when this ran.")
     else:
-        lines += ["Shipped model, by tile reference, top-k patches, fresh test canvases per size:", "",
-                  "| canvas | accuracy | canvases |", "| --- | ---: | ---: |"]
+        lines += [
+            "Shipped model, by tile reference, top-k patches, fresh test canvases per size:",
+            "",
+            "| canvas | accuracy | canvases |",
+            "| --- | ---: | ---: |",
+        ]
         lines += [f"| {s}x{s} | {a * 100:.0f}% | {n} |" for s, (a, n) in accuracies.items()]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1500,10000,30000,100000")
     parser.add_argument("--pixels-up-to", type=int, default=30000, help="largest canvas also sent as pixels")
     parser.add_argument("--requests", type=int, default=10)
@@ -300,9 +374,15 @@ def main() -> int:
                 served.close()
             print(f"{size}: by reference {tiles[size]}", flush=True)
             if size <= args.pixels_up_to:
-                served = Served(repository, data, work / f"server_pixels_{size}.log",
-                                "--max-image-pixels", str(2 * size * size), "--max-image-bytes",
-                                str(2 * size * size))
+                served = Served(
+                    repository,
+                    data,
+                    work / f"server_pixels_{size}.log",
+                    "--max-image-pixels",
+                    str(2 * size * size),
+                    "--max-image-bytes",
+                    str(2 * size * size),
+                )
                 try:
                     pixels[size] = as_pixels(served, written[size][0], 3 if size <= 10000 else 1)
                 finally:
@@ -313,8 +393,9 @@ def main() -> int:
             shutil.copytree(ROOT / "models" / SHIPPED, repository / SHIPPED, dirs_exist_ok=True)
             served = Served(repository, data, work / "server_accuracy.log")
             try:
-                accuracies = accuracy(served, data, [int(s) for s in args.accuracy_sizes.split(",")],
-                                      args.accuracy_canvases)
+                accuracies = accuracy(
+                    served, data, [int(s) for s in args.accuracy_sizes.split(",")], args.accuracy_canvases
+                )
             finally:
                 served.close()
         pathlib.Path(args.output).write_text(report(args, written, tiles, pixels, accuracies))

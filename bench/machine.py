@@ -1,5 +1,6 @@
 """The machine line every benchmark table starts with: results are only
 comparable on the same processor, core count and library versions."""
+
 from __future__ import annotations
 
 import os
@@ -21,5 +22,7 @@ def describe(**versions: str) -> str:
     """'CPU, N cores usable, OS; Python x, <name> <version>...' for a table header."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     libraries = "".join(f", {name} {version}" for name, version in versions.items())
-    return (f"{cpu_name()}, {cores} cores usable, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}{libraries}")
+    return (
+        f"{cpu_name()}, {cores} cores usable, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}{libraries}"
+    )

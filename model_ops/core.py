@@ -1,8 +1,8 @@
 """``attention_sampling``: the original library's one-call model builder."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
 
 from model_ops.layers import ActivityRegularizer, Expectation, SamplePatches, TotalReshape
 
@@ -18,7 +18,8 @@ def infer_patch_size(feature) -> tuple[int, ...]:
         raise ValueError(
             "patch_size=None needs a feature network with a known input shape "
             f"(a built Keras model such as keras.Sequential([keras.Input((h, w, c)), ...])); "
-            f"got {shape or 'none'}: pass patch_size explicitly")
+            f"got {shape or 'none'}: pass patch_size explicitly"
+        )
     return tuple(int(s) for s in size)
 
 
@@ -64,8 +65,14 @@ def attention_sampling(
         if attention_regularizer is not None:
             attention_map = ActivityRegularizer(attention_regularizer)(attention_map)
         patches, sampled_attention = SamplePatches(
-            n_patches, patch_size, receptive_field, replace, mode=mode, seed=seed,
-            patch_dtype=patch_dtype, patch_scale=patch_scale,
+            n_patches,
+            patch_size,
+            receptive_field,
+            replace,
+            mode=mode,
+            seed=seed,
+            patch_dtype=patch_dtype,
+            patch_scale=patch_scale,
         )([x_low, x_high, attention_map])
         channels = patches.shape[-1]
         patch_features = feature(TotalReshape((-1, *patch_size, channels))(patches))

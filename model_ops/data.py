@@ -12,6 +12,7 @@ Two views of the same idea, "an image available at several resolutions":
   in-memory arrays, lowest resolution first, batched for ``Model.fit`` as a
   ``keras.utils.PyDataset``.
 """
+
 from __future__ import annotations
 
 import abc
@@ -22,7 +23,7 @@ import keras
 import numpy as np
 
 from model_ops.lowres import low_resolution_view
-from model_ops.python.ops.extract_patches import extract_patches
+from model_ops.patch_ops import extract_patches
 
 
 class MultiResolutionImage(abc.ABC):
@@ -80,8 +81,15 @@ class FromTensors(keras.utils.PyDataset):
     reorders samples every epoch (reproducibly with ``seed``).
     """
 
-    def __init__(self, xs: Sequence[np.ndarray], y=None, batch_size: int = 32,
-                 shuffle: bool = True, seed: int | None = None, **kwargs):
+    def __init__(
+        self,
+        xs: Sequence[np.ndarray],
+        y=None,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self._xs = [np.asarray(x) for x in xs]
         self._y = y
@@ -109,7 +117,7 @@ class FromTensors(keras.utils.PyDataset):
         return math.ceil(self._n / self.batch_size)
 
     def __getitem__(self, index: int):
-        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         xs = [x[rows] for x in self._xs]
         inputs = xs[0] if len(xs) == 1 else tuple(xs)
         if self._y is None:

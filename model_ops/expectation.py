@@ -31,6 +31,7 @@ with ``pm_k = 1 - Σ_{j<k} p_j`` the mass still available at draw ``k``:
     ``tests/test_expectation_exact.py`` proves both estimators by enumerating
     every ordered sample.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf

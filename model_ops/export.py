@@ -4,11 +4,12 @@ The layout and the signatures are the contract in ``models/README.md``. Every
 signature takes uint8 pixels: ``predict_image`` cuts its patches with the
 compiled op, converting to float inside the op, so no float copy of a whole
 megapixel image is ever made. Because the op is inside the graph, a process
-must call :func:`model_ops.python.ops.loader.load_op_library` before
+must call :func:`model_ops.load_op_library` before
 ``tf.saved_model.load``; :func:`load_model` does that and first checks, with
-:func:`check_compatible`, that the TensorFlow and op-library versions the
-model was exported with are the ones running.
+:func:`check_compatible`, that the TensorFlow and op interface the model
+was exported with can run here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,8 @@ import keras
 import tensorflow as tf
 
 from model_ops import expectation, geometry, lowres, sampling
-from model_ops.python.ops.extract_patches import extract_patches
-from model_ops.python.ops.loader import load_op_library, op_library_version
+from model_ops.op_library import load_op_library, op_library_version, release
+from model_ops.patch_ops import extract_patches
 
 METADATA_FILE = "ats_model.json"
 METADATA_FORMAT = 1
@@ -57,16 +58,17 @@ class ModelMetadata:
             return tuple(self.low_size)
         return lowres.low_resolution_size((height, width), self.low_scale)
 
-    def with_current_versions(self) -> "ModelMetadata":
-        return dataclasses.replace(self, tensorflow_version=tf.__version__,
-                                   op_library_version=op_library_version())
+    def with_current_versions(self) -> ModelMetadata:
+        return dataclasses.replace(
+            self, tensorflow_version=tf.__version__, op_library_version=op_library_version()
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
 
 class IncompatibleModelError(RuntimeError):
-    """A version was exported with another TensorFlow or op library than the running ones."""
+    """A version needs a TensorFlow or op interface that is not running (see :func:`check_compatible`)."""
 
 
 def load_metadata(version_dir: str | os.PathLike) -> ModelMetadata:
@@ -77,8 +79,10 @@ def load_metadata(version_dir: str | os.PathLike) -> ModelMetadata:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: not a model version exported by export_model") from None
     if raw.get("format") != METADATA_FORMAT:
-        raise ValueError(f"{path}: unsupported metadata format {raw.get('format')!r} "
-                         f"(this code reads format {METADATA_FORMAT})")
+        raise ValueError(
+            f"{path}: unsupported metadata format {raw.get('format')!r} "
+            f"(this code reads format {METADATA_FORMAT})"
+        )
     fields = {f.name for f in dataclasses.fields(ModelMetadata)}
     missing = sorted(fields - set(raw) - {"low_size", "pixel_scale", "input_dtype"})
     if missing:
@@ -87,18 +91,36 @@ def load_metadata(version_dir: str | os.PathLike) -> ModelMetadata:
 
 
 def check_compatible(metadata: ModelMetadata) -> None:
-    """Raise :class:`IncompatibleModelError` naming the mismatch if this process cannot run the model."""
+    """Raise :class:`IncompatibleModelError` naming the mismatch if this process cannot run the model.
+
+    Two rules, from what each version promises. The op interface
+    (``model_ops/cc/VERSION``, semantic versioning) must have the model's
+    major and at least its minor: a minor adds, a major breaks. TensorFlow
+    reads SavedModels of its own or an older release of the same major, so a
+    patch release (or a newer minor) never refuses a model; a newer minor
+    than the running one, or another major, does.
+    """
     problems = []
-    if metadata.tensorflow_version != tf.__version__:
-        problems.append(f"it was exported with TensorFlow {metadata.tensorflow_version} "
-                        f"but TensorFlow {tf.__version__} is running")
-    running_op = op_library_version()
-    if metadata.op_library_version != running_op:
-        problems.append(f"it was exported with op library {metadata.op_library_version} "
-                        f"but op library {running_op} is installed")
+    exported, running = release(metadata.tensorflow_version), release(tf.__version__)
+    if exported[0] != running[0] or exported > running:
+        problems.append(
+            f"it was exported with TensorFlow {metadata.tensorflow_version} "
+            f"but TensorFlow {tf.__version__} is running (it reads models of TensorFlow "
+            f"{running[0]}.0 to {running[0]}.{running[1]})"
+        )
+    needed, installed = release(metadata.op_library_version), release(op_library_version())
+    if needed[0] != installed[0] or needed > installed:
+        problems.append(
+            f"it needs op library {metadata.op_library_version} "
+            f"but op library {op_library_version()} is installed (compatible: {needed[0]}.x from "
+            f"{needed[0]}.{needed[1]})"
+        )
     if problems:
-        raise IncompatibleModelError(f"cannot load model {metadata.name!r}: " + "; ".join(problems)
-                                     + ". Re-export it with the installed versions.")
+        raise IncompatibleModelError(
+            f"cannot load model {metadata.name!r}: "
+            + "; ".join(problems)
+            + ". Re-export it with the installed versions."
+        )
 
 
 def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
@@ -132,8 +154,9 @@ def _low_size(image_shape: tf.Tensor, metadata: ModelMetadata) -> tf.Tensor:
 class ServingFunctions:
     """The four exported functions over the three networks (also usable in-process, unexported)."""
 
-    def __init__(self, attention_net: keras.Model, feature_net: keras.Model, head: keras.Model,
-                 metadata: ModelMetadata) -> None:
+    def __init__(
+        self, attention_net: keras.Model, feature_net: keras.Model, head: keras.Model, metadata: ModelMetadata
+    ) -> None:
         self.attention_net, self.feature_net, self.head = attention_net, feature_net, head
         self.metadata = metadata
 
@@ -149,11 +172,13 @@ class ServingFunctions:
     def head_fn(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": self.head(features, training=False)}
 
-    def predict_image(self, image: tf.Tensor, n_patches: tf.Tensor, seed: tf.Tensor,
-                      mode: tf.Tensor) -> dict[str, tf.Tensor]:
+    def predict_image(
+        self, image: tf.Tensor, n_patches: tf.Tensor, seed: tf.Tensor, mode: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         meta = self.metadata
-        tf.debugging.assert_less_equal(n_patches, meta.max_patches,
-                                       message=f"n_patches exceeds max_patches={meta.max_patches}")
+        tf.debugging.assert_less_equal(
+            n_patches, meta.max_patches, message=f"n_patches exceeds max_patches={meta.max_patches}"
+        )
         tf.debugging.assert_greater(n_patches, 0, message="n_patches must be positive")
         batch = image[None]
         high_shape = tf.shape(image)[:2]
@@ -163,20 +188,35 @@ class ServingFunctions:
         cells, probs = tf.cond(
             tf.equal(mode, MODE_TOP_K),
             lambda: sampling.sample_positions(attention, n_patches, meta.replace, mode="top_k"),
-            lambda: sampling.sample_positions(attention, n_patches, meta.replace, mode="sample", seed=seed))
-        offsets = geometry.cells_to_offsets(cells, low_shape, high_shape, tf.shape(attention)[1:3],
-                                            meta.patch_size, meta.receptive_field)
-        patches = extract_patches(batch, offsets, meta.patch_size, output_dtype=tf.float32,
-                                  scale=meta.pixel_scale)
-        features = self.feature_net(tf.reshape(patches, [-1, *meta.patch_size, meta.channels]), training=False)
+            lambda: sampling.sample_positions(attention, n_patches, meta.replace, mode="sample", seed=seed),
+        )
+        offsets = geometry.cells_to_offsets(
+            cells, low_shape, high_shape, tf.shape(attention)[1:3], meta.patch_size, meta.receptive_field
+        )
+        patches = extract_patches(
+            batch, offsets, meta.patch_size, output_dtype=tf.float32, scale=meta.pixel_scale
+        )
+        features = self.feature_net(
+            tf.reshape(patches, [-1, *meta.patch_size, meta.channels]), training=False
+        )
         features = tf.reshape(features, [1, -1, meta.feature_dim])
         estimate = expectation.aggregate(features, probs, meta.replace)
-        return {"probabilities": self.head(estimate, training=False)[0], "attention": attention[0],
-                "offsets": offsets[0], "cells": cells[0], "patch_attention": probs[0]}
+        return {
+            "probabilities": self.head(estimate, training=False)[0],
+            "attention": attention[0],
+            "offsets": offsets[0],
+            "cells": cells[0],
+            "patch_attention": probs[0],
+        }
 
 
-def export_model(attention_net: keras.Model, feature_net: keras.Model, head: keras.Model,
-                 metadata: ModelMetadata, path: str | os.PathLike) -> pathlib.Path:
+def export_model(
+    attention_net: keras.Model,
+    feature_net: keras.Model,
+    head: keras.Model,
+    metadata: ModelMetadata,
+    path: str | os.PathLike,
+) -> pathlib.Path:
     """Write the SavedModel and ``ats_model.json`` to the version directory ``path``.
 
     ``attention_net`` maps float pixels ``(B, h, w, C)`` in ``[0, 1]`` (times
@@ -197,10 +237,15 @@ def export_model(attention_net: keras.Model, feature_net: keras.Model, head: ker
         "attention": (fns.attention, [tf.TensorSpec([None, None, None, c], tf.uint8, name="x_low")]),
         "features": (fns.features, [tf.TensorSpec([None, ph, pw, c], tf.uint8, name="patches")]),
         "head": (fns.head_fn, [tf.TensorSpec([None, metadata.feature_dim], tf.float32, name="features")]),
-        "predict_image": (fns.predict_image, [tf.TensorSpec([None, None, c], tf.uint8, name="image"),
-                                              tf.TensorSpec([], tf.int32, name="n_patches"),
-                                              tf.TensorSpec([], tf.int64, name="seed"),
-                                              tf.TensorSpec([], tf.int32, name="mode")]),
+        "predict_image": (
+            fns.predict_image,
+            [
+                tf.TensorSpec([None, None, c], tf.uint8, name="image"),
+                tf.TensorSpec([], tf.int32, name="n_patches"),
+                tf.TensorSpec([], tf.int64, name="seed"),
+                tf.TensorSpec([], tf.int32, name="mode"),
+            ],
+        ),
     }
     for name, (fn, spec) in endpoints.items():
         archive.add_endpoint(name, fn, input_signature=spec)
@@ -209,8 +254,13 @@ def export_model(attention_net: keras.Model, feature_net: keras.Model, head: ker
     return path
 
 
-def tiny_networks(channels: int = 1, n_classes: int = 10, feature_dim: int = 4,
-                  patch_size: Sequence[int] = (8, 8), seed: int = 0) -> tuple[keras.Model, keras.Model, keras.Model]:
+def tiny_networks(
+    channels: int = 1,
+    n_classes: int = 10,
+    feature_dim: int = 4,
+    patch_size: Sequence[int] = (8, 8),
+    seed: int = 0,
+) -> tuple[keras.Model, keras.Model, keras.Model]:
     """Three random-weight networks of the right interfaces, small enough to export in seconds."""
     keras.utils.set_random_seed(seed)
     x_low = keras.Input((None, None, channels))
@@ -224,13 +274,31 @@ def tiny_networks(channels: int = 1, n_classes: int = 10, feature_dim: int = 4,
     return attention, features, head
 
 
-def export_tiny_model(path: str | os.PathLike, name: str = "tiny", channels: int = 1, n_classes: int = 10,
-                      low_scale: float = 0.125, patch_size: Sequence[int] = (8, 8), n_patches: int = 4,
-                      max_patches: int = 64, replace: bool = False, seed: int = 0) -> pathlib.Path:
+def export_tiny_model(
+    path: str | os.PathLike,
+    name: str = "tiny",
+    channels: int = 1,
+    n_classes: int = 10,
+    low_scale: float = 0.125,
+    patch_size: Sequence[int] = (8, 8),
+    n_patches: int = 4,
+    max_patches: int = 64,
+    replace: bool = False,
+    seed: int = 0,
+) -> pathlib.Path:
     """Export a random-weight model with the real signatures (for service tests); takes a few seconds."""
     feature_dim = 4
     attention, features, head = tiny_networks(channels, n_classes, feature_dim, patch_size, seed)
-    metadata = ModelMetadata(name=name, classes=[str(i) for i in range(n_classes)], low_scale=low_scale,
-                             patch_size=list(patch_size), n_patches=n_patches, max_patches=max_patches,
-                             replace=replace, receptive_field=0, channels=channels, feature_dim=feature_dim)
+    metadata = ModelMetadata(
+        name=name,
+        classes=[str(i) for i in range(n_classes)],
+        low_scale=low_scale,
+        patch_size=list(patch_size),
+        n_patches=n_patches,
+        max_patches=max_patches,
+        replace=replace,
+        receptive_field=0,
+        channels=channels,
+        feature_dim=feature_dim,
+    )
     return export_model(attention, features, head, metadata, path)

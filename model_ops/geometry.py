@@ -14,6 +14,7 @@ pixels). Example: low 100, high 1000, S 25, P 50: cell 12 -> 475, cell 0 -> -5.
 Computed in float64 so gigapixel coordinates round exactly; ``round`` is
 half-to-even (``tf.round``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,8 +52,13 @@ def cells_to_offsets(
     return tf.cast(tf.round(start), tf.int32)
 
 
-def cell_grid(low_shape: Sizes, high_shape: Sizes, attention_shape: Sizes,
-              receptive_field: Sizes = 0, ndim: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+def cell_grid(
+    low_shape: Sizes,
+    high_shape: Sizes,
+    attention_shape: Sizes,
+    receptive_field: Sizes = 0,
+    ndim: int | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Full-resolution ``(steps, origin)`` float64 per dimension: cell ``i`` covers
     ``[origin + i*steps, origin + (i+1)*steps)``. Clients draw the map with it."""
     ndim = ndim or len(low_shape)

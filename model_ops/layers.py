@@ -4,6 +4,7 @@ The sampling layers (:class:`SampleSoftmax`, :class:`SamplePatches`,
 :class:`Expectation`) hold no weights. Raw TensorFlow ops cannot take Keras'
 symbolic tensors, hence a layer around each step.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from model_ops.expectation import aggregate
 from model_ops.geometry import cells_to_offsets
-from model_ops.python.ops.extract_patches import extract_patches
+from model_ops.patch_ops import extract_patches
 from model_ops.sampling import MODES, sample_positions
 
 
@@ -47,8 +48,7 @@ class SampleSoftmax(keras.layers.Layer):
         return tuple(x_shape[:-1]) if self.squeeze_channels else tuple(x_shape)
 
     def get_config(self):
-        return {**super().get_config(), "squeeze_channels": self.squeeze_channels,
-                "smooth": self.smooth}
+        return {**super().get_config(), "squeeze_channels": self.squeeze_channels, "smooth": self.smooth}
 
 
 @_serializable
@@ -66,9 +66,18 @@ class SamplePatches(keras.layers.Layer):
     float ``x_high``).
     """
 
-    def __init__(self, n_patches: int, patch_size: Sequence[int], receptive_field: int = 0,
-                 replace: bool = False, mode: str = "sample", seed: int | None = None,
-                 patch_dtype: str | None = None, patch_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        n_patches: int,
+        patch_size: Sequence[int],
+        receptive_field: int = 0,
+        replace: bool = False,
+        mode: str = "sample",
+        seed: int | None = None,
+        patch_dtype: str | None = None,
+        patch_scale: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -87,20 +96,32 @@ class SamplePatches(keras.layers.Layer):
         spatial = len(self.patch_size)
         if attention.shape.rank == spatial + 2:
             attention = tf.squeeze(attention, -1)
-        cells, probs = sample_positions(attention, self.n_patches, self.replace, self.mode,
-                                        self.seed)
-        offsets = cells_to_offsets(cells, tf.shape(x_low)[1:-1], tf.shape(x_high)[1:-1],
-                                   tf.shape(attention)[1:], self.patch_size,
-                                   self.receptive_field)
-        patches = extract_patches(x_high, offsets, self.patch_size,
-                                  output_dtype=self.patch_dtype, scale=self.patch_scale)
+        cells, probs = sample_positions(attention, self.n_patches, self.replace, self.mode, self.seed)
+        offsets = cells_to_offsets(
+            cells,
+            tf.shape(x_low)[1:-1],
+            tf.shape(x_high)[1:-1],
+            tf.shape(attention)[1:],
+            self.patch_size,
+            self.receptive_field,
+        )
+        patches = extract_patches(
+            x_high, offsets, self.patch_size, output_dtype=self.patch_dtype, scale=self.patch_scale
+        )
         return [patches, probs]
 
     def get_config(self):
-        return {**super().get_config(), "n_patches": self.n_patches,
-                "patch_size": list(self.patch_size), "receptive_field": self.receptive_field,
-                "replace": self.replace, "mode": self.mode, "seed": self.seed,
-                "patch_dtype": self.patch_dtype, "patch_scale": self.patch_scale}
+        return {
+            **super().get_config(),
+            "n_patches": self.n_patches,
+            "patch_size": list(self.patch_size),
+            "receptive_field": self.receptive_field,
+            "replace": self.replace,
+            "mode": self.mode,
+            "seed": self.seed,
+            "patch_dtype": self.patch_dtype,
+            "patch_scale": self.patch_scale,
+        }
 
 
 @_serializable
@@ -142,8 +163,7 @@ class ActivityRegularizer(keras.layers.Layer):
         return tuple(x_shape)
 
     def get_config(self):
-        return {**super().get_config(),
-                "regularizer": keras.regularizers.serialize(self.regularizer)}
+        return {**super().get_config(), "regularizer": keras.regularizers.serialize(self.regularizer)}
 
 
 @_serializable
@@ -218,8 +238,9 @@ class ImageLinearTransform(keras.layers.Layer):
     only for a fraction ``p`` of the images; identity at inference.
     """
 
-    def __init__(self, a: Sequence[float] = (0.8, 1.2), b: Sequence[float] = (-0.1, 0.1),
-                 p: float = 0.8, **kwargs):
+    def __init__(
+        self, a: Sequence[float] = (0.8, 1.2), b: Sequence[float] = (-0.1, 0.1), p: float = 0.8, **kwargs
+    ):
         super().__init__(**kwargs)
         self.a, self.b, self.p = tuple(a), tuple(b), p
 
@@ -249,8 +270,15 @@ class ImagePan(keras.layers.Layer):
     Identity at inference.
     """
 
-    def __init__(self, pixels: int = 100, p: float = 0.8, horizontally: bool = True,
-                 vertically: bool = False, mode: str = "nearest", **kwargs):
+    def __init__(
+        self,
+        pixels: int = 100,
+        p: float = 0.8,
+        horizontally: bool = True,
+        vertically: bool = False,
+        mode: str = "nearest",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode.lower() not in ("nearest", "bilinear"):
             raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
@@ -267,17 +295,26 @@ class ImagePan(keras.layers.Layer):
         shift = shift * axes * _applied(self.p, batch)[:, None]
         ones, zeros = tf.ones([batch]), tf.zeros([batch])
         # output (x, y) reads input (x - dx, y - dy)
-        transform = tf.stack([ones, zeros, -shift[:, 0], zeros, ones, -shift[:, 1], zeros, zeros],
-                             axis=1)
+        transform = tf.stack([ones, zeros, -shift[:, 0], zeros, ones, -shift[:, 1], zeros, zeros], axis=1)
         moved = tf.raw_ops.ImageProjectiveTransformV3(
-            images=tf.cast(x, tf.float32), transforms=transform, output_shape=tf.shape(x)[1:3],
-            fill_value=0.0, interpolation=self.mode.upper(), fill_mode="CONSTANT")
+            images=tf.cast(x, tf.float32),
+            transforms=transform,
+            output_shape=tf.shape(x)[1:3],
+            fill_value=0.0,
+            interpolation=self.mode.upper(),
+            fill_mode="CONSTANT",
+        )
         return tf.cast(moved, x.dtype)
 
     def compute_output_shape(self, x_shape):
         return tuple(x_shape)
 
     def get_config(self):
-        return {**super().get_config(), "pixels": self.pixels, "p": self.p,
-                "horizontally": self.horizontally, "vertically": self.vertically,
-                "mode": self.mode}
+        return {
+            **super().get_config(),
+            "pixels": self.pixels,
+            "p": self.p,
+            "horizontally": self.horizontally,
+            "vertically": self.vertically,
+            "mode": self.mode,
+        }

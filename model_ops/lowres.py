@@ -6,13 +6,13 @@ in training. Area resampling averages every full-resolution pixel a low-res
 pixel covers (no aliasing of thin strokes), and the result is rounded back
 to uint8 so views stay small and can be cached or sent as they are.
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
 import tensorflow as tf
-
 
 _ROUNDING = 0.5 + 1e-9  # halves up; the epsilon absorbs float error in products such as 1500 * 0.12
 

@@ -1,4 +1,5 @@
 """Regularizers for attention distributions."""
+
 from __future__ import annotations
 
 import keras

@@ -14,6 +14,7 @@ Randomness is stateless and per image: image ``b`` draws with the key
 ``(seed_b, 0)``, so a given seed gives the same cells in eager mode, inside
 ``tf.function`` and from a reloaded SavedModel, whatever the batch it sits in.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Union
@@ -45,6 +46,7 @@ def row_keys(seed: SeedLike, batch_size: tf.Tensor) -> tf.Tensor:
 @tf.function(reduce_retracing=True)
 def _categorical(logits: tf.Tensor, n: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
     """``n`` independent draws per row, as int32 flat indices ``(B, n)``."""
+
     def draw(args):
         row, key = args
         return tf.random.stateless_categorical(row[None], n, seed=key, dtype=tf.int32)[0]
@@ -58,8 +60,9 @@ def _gumbel_top_k(logits: tf.Tensor, n: tf.Tensor, keys: tf.Tensor) -> tf.Tensor
     tiny = float(np.finfo(logits.dtype.as_numpy_dtype).tiny)
 
     def noise(key):
-        u = tf.random.stateless_uniform(tf.shape(logits)[1:], seed=key, minval=tiny,
-                                        maxval=1.0, dtype=logits.dtype)
+        u = tf.random.stateless_uniform(
+            tf.shape(logits)[1:], seed=key, minval=tiny, maxval=1.0, dtype=logits.dtype
+        )
         return -tf.math.log(-tf.math.log(u))
 
     gumbel = tf.map_fn(noise, keys, fn_output_signature=tf.TensorSpec([None], logits.dtype))
@@ -70,9 +73,14 @@ def _check_count(n: tf.Tensor, cells: tf.Tensor, replace: bool, mode: str) -> li
     """Assertions that ``n`` cells can be drawn from a map of ``cells`` cells."""
     checks = [tf.debugging.assert_positive(n, message="n_patches must be positive")]
     if not replace or mode == "top_k":
-        checks.append(tf.debugging.assert_less_equal(
-            n, cells, message="n_patches exceeds the number of attention cells "
-                              "(only sampling with replacement can draw more)"))
+        checks.append(
+            tf.debugging.assert_less_equal(
+                n,
+                cells,
+                message="n_patches exceeds the number of attention cells "
+                "(only sampling with replacement can draw more)",
+            )
+        )
     return checks
 
 

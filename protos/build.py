@@ -5,6 +5,7 @@ this directory is the include root, so protoc writes imports as
 ``from ats_api.v1 import xxx_pb2``: exactly the installed package name, no
 rewriting needed. Generated files are git-ignored; never edit them.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -16,8 +17,8 @@ PROTO_DIR = ROOT / "ats_api" / "v1"
 
 def generate_stubs() -> list[pathlib.Path]:
     """Run grpc_tools.protoc on every .proto; returns the generated files."""
-    from grpc_tools import protoc  # build-time dependency (pyproject build-system)
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency (pyproject build-system)
 
     protos = sorted(PROTO_DIR.glob("*.proto"))
     if not protos:

@@ -5,13 +5,15 @@ Containers and Kubernetes set environment variables; people type flags. Both
 end up in one frozen ``Config`` whose effective values (and where each came
 from) are logged at start.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 MiB = 1 << 20
 
@@ -30,26 +32,34 @@ def _setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -
 @dataclasses.dataclass(frozen=True)
 class Config:
     model_repository: str = _setting(
-        "", "model repository in the TensorFlow Serving layout <repo>/<name>/<version>/ "
-        "(default: the shipped models/)")
-    default_model: str = _setting("", "model served when a request names none "
-                                      "(default: the only model, if there is one)")
+        "",
+        "model repository in the TensorFlow Serving layout <repo>/<name>/<version>/ "
+        "(default: the shipped models/)",
+    )
+    default_model: str = _setting(
+        "", "model served when a request names none (default: the only model, if there is one)"
+    )
     host: str = _setting("0.0.0.0", "address the gRPC and metrics servers bind")
     port: int = _setting(8500, "gRPC port")
     metrics_port: int = _setting(8502, "Prometheus /metrics HTTP port (0 disables)")
     workers: int = _setting(8, "gRPC worker threads")
     max_concurrent_predicts: int = _setting(
-        4, "predictions running at once; more wait up to --queue-timeout, then get RESOURCE_EXHAUSTED")
+        4, "predictions running at once; more wait up to --queue-timeout, then get RESOURCE_EXHAUSTED"
+    )
     queue_timeout: float = _setting(2.0, "seconds a prediction waits for a free slot")
     max_concurrent_rpcs: int = _setting(64, "RPCs accepted at once (any method) before RESOURCE_EXHAUSTED")
     max_message_bytes: int = _setting(64 * MiB, "largest gRPC message received or sent")
-    max_image_bytes: int = _setting(512 * MiB, "largest encoded image or raw tensor, streamed uploads included")
+    max_image_bytes: int = _setting(
+        512 * MiB, "largest encoded image or raw tensor, streamed uploads included"
+    )
     max_image_pixels: int = _setting(
-        200_000_000, "largest image (width x height), checked from the header before decoding")
+        200_000_000, "largest image (width x height), checked from the header before decoding"
+    )
     poll_interval: float = _setting(1.0, "seconds between repository scans (0: scan once at start)")
     grace_period: float = _setting(20.0, "seconds in-flight requests get to finish on SIGTERM")
     drain_delay: float = _setting(
-        2.0, "seconds health reports NOT_SERVING before the server stops accepting calls on SIGTERM")
+        2.0, "seconds health reports NOT_SERVING before the server stops accepting calls on SIGTERM"
+    )
     data_root: str = _setting("", "directory tile references are resolved in (empty: none accepted)")
     tile_cache_bytes: int = _setting(256 * MiB, "decoded-tile cache shared by tile references")
     log_format: str = _setting("text", "log line format", choices=("text", "json"))
@@ -69,17 +79,25 @@ def _flag_name(field: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ats-serve", description="Attention-sampling gRPC inference server. "
-        "Every flag can also be set with the ATS_* environment variable named after it.")
+        prog="ats-serve",
+        description="Attention-sampling gRPC inference server. "
+        "Every flag can also be set with the ATS_* environment variable named after it.",
+    )
     for field in dataclasses.fields(Config):
-        parser.add_argument(_flag_name(field.name), dest=field.name, type=type(field.default),
-                            default=None, choices=field.metadata["choices"],
-                            help=f"{field.metadata['help']} [{env_name(field.name)}, default {field.default!r}]")
+        parser.add_argument(
+            _flag_name(field.name),
+            dest=field.name,
+            type=type(field.default),
+            default=None,
+            choices=field.metadata["choices"],
+            help=f"{field.metadata['help']} [{env_name(field.name)}, default {field.default!r}]",
+        )
     return parser
 
 
-def load_config(argv: Sequence[str] | None = None,
-                environ: Mapping[str, str] | None = None) -> tuple[Config, dict[str, str]]:
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Config, dict[str, str]]:
     """Parse flags over environment over defaults.
 
     Returns the config and, per setting, where its value came from
@@ -112,7 +130,9 @@ def load_config(argv: Sequence[str] | None = None,
 
 def describe(config: Config, sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Effective settings for the start-up log: value and origin of each."""
-    described = {f.name: {"value": getattr(config, f.name), "from": sources.get(f.name, "default")}
-                 for f in dataclasses.fields(Config)}
+    described = {
+        f.name: {"value": getattr(config, f.name), "from": sources.get(f.name, "default")}
+        for f in dataclasses.fields(Config)
+    }
     described["model_repository"]["value"] = str(config.resolved_repository())
     return described

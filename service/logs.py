@@ -1,4 +1,5 @@
 """Log set-up: plain text for people, one JSON object per line for log collectors."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny exported model, a model repository holding it, and
 real ``ats-serve`` processes on free loopback ports."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,7 @@ import sys
 import time
 import types
 import urllib.request
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def random_image(height: int, width: int, seed: int = 0, channels: int = 3) -> n
     """Noise with a bright square, so attention and JPEG both have something to do."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 64, size=(height, width, channels), dtype=np.uint8)
-    pixels[height // 3: height // 3 + 24, width // 2: width // 2 + 24] = 255
+    pixels[height // 3 : height // 3 + 24, width // 2 : width // 2 + 24] = 255
     return pixels
 
 
@@ -57,8 +58,11 @@ def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     """Every sample of a /metrics page: (name, sorted labels) -> value."""
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
         text = reply.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def metric(samples: dict, name: str, **labels: str) -> float:
@@ -70,8 +74,9 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 @pytest.fixture(scope="session")
 def helpers() -> types.SimpleNamespace:
     """The helper functions above, for test modules (which cannot import conftest)."""
-    return types.SimpleNamespace(encode=encode_image, random_image=random_image, scrape=scrape, metric=metric,
-                                 free_port=free_port)
+    return types.SimpleNamespace(
+        encode=encode_image, random_image=random_image, scrape=scrape, metric=metric, free_port=free_port
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,30 +88,52 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture()
 def make_repository(tmp_path: pathlib.Path, tiny_model_dir: pathlib.Path) -> Callable[..., pathlib.Path]:
     """Builds a repository ``<tmp>/repo/tiny/<v>/`` with copies of the tiny model."""
+
     def make(versions: tuple[int, ...] = (1,)) -> pathlib.Path:
         root = tmp_path / "repo"
         for version in versions:
             shutil.copytree(tiny_model_dir, root / TINY_MODEL / str(version))
         return root
+
     return make
 
 
 class ServerProcess:
     """``ats-serve`` in a subprocess on loopback, logging to a file."""
 
-    def __init__(self, repository: pathlib.Path | None, log_path: pathlib.Path, *flags: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        repository: pathlib.Path | None,
+        log_path: pathlib.Path,
+        *flags: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """``repository`` None: the server's default (the shipped models/)."""
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path
-        command = [sys.executable, "-m", "service.server.main", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                   *(["--model-repository", str(repository)] if repository is not None else []), *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "service.server.main",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *(["--model-repository", str(repository)] if repository is not None else []),
+            *flags,
+        ]
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -149,10 +176,12 @@ def start_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., ServerProcess
     """Factory: ``start_server(repository, *flags)`` -> a SERVING server, killed at teardown."""
     started: list[ServerProcess] = []
 
-    def start(repository: pathlib.Path | None, *flags: str, wait: bool = True,
-              env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(repository, tmp_path / f"server-{len(started)}.log", "--drain-delay", "0",
-                               *flags, env=env)
+    def start(
+        repository: pathlib.Path | None, *flags: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        server = ServerProcess(
+            repository, tmp_path / f"server-{len(started)}.log", "--drain-delay", "0", *flags, env=env
+        )
         started.append(server)
         if wait:
             server.wait_serving()
@@ -164,13 +193,23 @@ def start_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., ServerProcess
 
 
 @pytest.fixture(scope="session")
-def ats_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Path) -> Iterator[ServerProcess]:
+def ats_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Path
+) -> Iterator[ServerProcess]:
     """One server shared by the read-only tests: the tiny model, 16 MiB image
     limit and 40 MP pixel limit (so the limit tests stay cheap)."""
     root = tmp_path_factory.mktemp("shared-repo")
     shutil.copytree(tiny_model_dir, root / TINY_MODEL / "1")
-    server = ServerProcess(root, root.parent / "shared-server.log", "--drain-delay", "0",
-                           "--max-image-bytes", str(16 << 20), "--max-image-pixels", str(40_000_000))
+    server = ServerProcess(
+        root,
+        root.parent / "shared-server.log",
+        "--drain-delay",
+        "0",
+        "--max-image-bytes",
+        str(16 << 20),
+        "--max-image-pixels",
+        str(40_000_000),
+    )
     try:
         server.wait_serving()
         yield server

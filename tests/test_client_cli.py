@@ -1,4 +1,5 @@
 """The client library and the ``ats-client`` CLI against a real server."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,12 @@ from ats_client import AtsClient, AtsError
 
 
 def cli(server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ats_client.cli", *args, "--server", server.target],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ats_client.cli", *args, "--server", server.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +35,18 @@ def image_file(tmp_path_factory, ats_server):
 
 def test_predict_prints_json_and_writes_an_overlay(ats_server, image_file, tmp_path):
     overlay = tmp_path / "overlay.png"
-    done = cli(ats_server, "predict", str(image_file), "--overlay", str(overlay), "--json", "--seed", "4",
-               "--n-patches", "3")
+    done = cli(
+        ats_server,
+        "predict",
+        str(image_file),
+        "--overlay",
+        str(overlay),
+        "--json",
+        "--seed",
+        "4",
+        "--n-patches",
+        "3",
+    )
     assert done.returncode == 0, done.stderr
     response = json.loads(done.stdout)
     assert response["model_name"] == "tiny" and len(response["patches"]) == 3
@@ -42,8 +57,11 @@ def test_predict_prints_json_and_writes_an_overlay(ats_server, image_file, tmp_p
     for patch in response["patches"]:
         x, y = patch.get("x", 0), patch.get("y", 0)
         right, bottom = x + patch["width"] - 1, y + patch["height"] - 1
-        inside = [(py, px) for py, px in ((y, x), (bottom, right), (y, right), (bottom, x))
-                  if 0 <= py < 200 and 0 <= px < 240]
+        inside = [
+            (py, px)
+            for py, px in ((y, x), (bottom, right), (y, right), (bottom, x))
+            if 0 <= py < 200 and 0 <= px < 240
+        ]
         assert all(tuple(picture[p]) == (0, 255, 0) for p in inside)  # the box's corners
     att = response["attention"]
     values = np.array(att["values"]).reshape(att["height"], att["width"])
@@ -77,8 +95,9 @@ def test_models_and_health(ats_server):
 def test_console_script_is_installed(ats_server):
     script = shutil.which("ats-client")
     assert script, "ats-client is not on PATH: install the project (pip install -e .)"
-    done = subprocess.run([script, "health", "--server", ats_server.target], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [script, "health", "--server", ats_server.target], capture_output=True, text=True, timeout=120
+    )
     assert (done.returncode, done.stdout.strip()) == (0, "SERVING")
 
 

@@ -1,4 +1,5 @@
 """The original ``ats`` import paths and its README usage example."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,25 +8,38 @@ import model_ops.core
 import model_ops.data
 import model_ops.layers
 import model_ops.regularizers
-from model_ops.python.ops.extract_patches import extract_patches as op_extract_patches
+from model_ops.patch_ops import extract_patches as op_extract_patches
 
 
 def test_original_import_paths_re_export_model_ops():
     from ats.core import Expectation, SamplePatches, attention_sampling
     from ats.data import FromTensors
     from ats.ops.extract_patches import extract_patches
-    from ats.utils.layers import (ActivityRegularizer, ImageLinearTransform, ImagePan,
-                                  L2Normalize, ResizeImages, SampleSoftmax, TotalReshape)
+    from ats.utils.layers import (
+        ActivityRegularizer,
+        ImageLinearTransform,
+        ImagePan,
+        L2Normalize,
+        ResizeImages,
+        SampleSoftmax,
+        TotalReshape,
+    )
     from ats.utils.regularizers import multinomial_entropy
 
     assert attention_sampling is model_ops.core.attention_sampling
-    assert (SamplePatches, Expectation) == (model_ops.layers.SamplePatches,
-                                            model_ops.layers.Expectation)
+    assert (SamplePatches, Expectation) == (model_ops.layers.SamplePatches, model_ops.layers.Expectation)
     assert FromTensors is model_ops.data.FromTensors
     assert extract_patches is op_extract_patches
     assert multinomial_entropy is model_ops.regularizers.multinomial_entropy
-    for layer in (ActivityRegularizer, ImageLinearTransform, ImagePan, L2Normalize, ResizeImages,
-                  SampleSoftmax, TotalReshape):
+    for layer in (
+        ActivityRegularizer,
+        ImageLinearTransform,
+        ImagePan,
+        L2Normalize,
+        ResizeImages,
+        SampleSoftmax,
+        TotalReshape,
+    ):
         assert layer is getattr(model_ops.layers, layer.__name__)
 
 
@@ -39,7 +53,9 @@ def test_original_readme_example_runs():
     # Keras imports
     from keras.layers import AveragePooling2D, Conv2D, Dense, GlobalAveragePooling2D, Input
     from keras.models import Model, Sequential
+
     from ats.utils.layers import L2Normalize
+
     H, W, C, output_size = 160, 160, 1, 3
 
     from ats.core import attention_sampling
@@ -53,26 +69,22 @@ def test_original_readme_example_runs():
     x_low = AveragePooling2D(pool_size=(10, 10))(x_high)
 
     # Create our attention model
-    attention = Sequential([
-        Conv2D(8, kernel_size=3, padding="same", activation="tanh"),
-        Conv2D(1, kernel_size=3, padding="same"),
-        SampleSoftmax(squeeze_channels=True)
-    ])
+    attention = Sequential(
+        [
+            Conv2D(8, kernel_size=3, padding="same", activation="tanh"),
+            Conv2D(1, kernel_size=3, padding="same"),
+            SampleSoftmax(squeeze_channels=True),
+        ]
+    )
 
     # Create our feature extractor per patch, we assume that it returns a
     # vector per patch.
-    feature = Sequential([
-        Conv2D(16, kernel_size=3, activation="relu"),
-        GlobalAveragePooling2D(),
-        L2Normalize()
-    ])
+    feature = Sequential(
+        [Conv2D(16, kernel_size=3, activation="relu"), GlobalAveragePooling2D(), L2Normalize()]
+    )
 
     features, attention, patches = attention_sampling(
-        attention,
-        feature,
-        patch_size=(32, 32),
-        n_patches=10,
-        attention_regularizer=multinomial_entropy(0.01)
+        attention, feature, patch_size=(32, 32), n_patches=10, attention_regularizer=multinomial_entropy(0.01)
     )([x_low, x_high])
 
     y = Dense(output_size, activation="softmax")(features)

@@ -1,4 +1,5 @@
 """Multi-resolution inputs: FromTensors batches and the in-memory image."""
+
 from __future__ import annotations
 
 import numpy as np

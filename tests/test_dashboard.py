@@ -1,6 +1,7 @@
 """The Grafana dashboard: valid PromQL (promtool parses every query), the
 panels the deployment issue asks for, and every metric it queries exported by
 a real running server."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,27 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "ats-serving.json"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
 # Grafana variables, replaced by values Prometheus accepts.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$model": ".*"}
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                   "and", "or", "unless", "offset"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+}
 
 
 def dashboard() -> dict:
@@ -68,8 +79,10 @@ def queried_metrics() -> set[str]:
 
 
 def test_metric_name_extraction():
-    expr = ('histogram_quantile(0.99, sum by (le, stage) (rate(ats_stage_seconds_bucket'
-            '{model=~"$model", stage!="total"}[5m]))) / ignoring (x) group_left (y) other:metric offset 1m')
+    expr = (
+        "histogram_quantile(0.99, sum by (le, stage) (rate(ats_stage_seconds_bucket"
+        '{model=~"$model", stage!="total"}[5m]))) / ignoring (x) group_left (y) other:metric offset 1m'
+    )
     assert metric_names(expr) == {"ats_stage_seconds_bucket", "other:metric"}
     assert metric_names("sum(up) > bool 0 and on (job) max without (a) (m2)") == {"up", "m2"}
 
@@ -77,8 +90,17 @@ def test_metric_name_extraction():
 def test_promtool_parses_every_query(tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is missing: run bash .ci/setup.sh"
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query{i}", "expr": prometheus_ready(e)} for i, e in enumerate(queries())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{i}", "expr": prometheus_ready(e)}
+                    for i, e in enumerate(queries())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
@@ -96,7 +118,7 @@ def test_panels_tile_the_grid_without_overlap():
     cells: dict[tuple[int, int], str] = {}
     for panel in dashboard()["panels"]:
         g = panel["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, panel["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
@@ -119,8 +141,11 @@ def test_traffic_panels():
 def test_latency_percentiles_per_stage_come_from_the_histogram():
     for quantile in (50, 95, 99):
         (expr,) = _panel_queries(f"p{quantile} latency per stage")
-        assert re.fullmatch(rf"histogram_quantile\({re.escape(str(quantile / 100))}, sum by \(le, stage\) "
-                            r"\(rate\(ats_stage_seconds_bucket\{[^}]*\}\[\$__rate_interval\]\)\)\)", expr), expr
+        assert re.fullmatch(
+            rf"histogram_quantile\({re.escape(str(quantile / 100))}, sum by \(le, stage\) "
+            r"\(rate\(ats_stage_seconds_bucket\{[^}]*\}\[\$__rate_interval\]\)\)\)",
+            expr,
+        ), expr
 
 
 def test_patches_readiness_and_tile_panels():
@@ -175,9 +200,15 @@ class Prometheus:
         assert binary, "prometheus (Debian package prometheus) is missing: run bash .ci/setup.sh"
         self._log = open(folder / "prometheus.log", "wb")
         self.process = subprocess.Popen(
-            [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-             f"--web.listen-address={self.url.removeprefix('http://')}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                binary,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,5 @@
 """Megapixel-digits generator: protocol, determinism, split hygiene, exact rendering."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,12 @@ import pytest
 
 from model_ops.datasets.digits import DIGIT_SIZE, load_digit_sprites
 from model_ops.datasets.megapixel_digits import (
-    NOISE, CanvasSpec, level_shape, make_layout, render_canvas, render_region,
+    NOISE,
+    CanvasSpec,
+    level_shape,
+    make_layout,
+    render_canvas,
+    render_region,
 )
 
 SPEC = CanvasSpec()
@@ -17,8 +23,8 @@ def _block_mean(canvas: np.ndarray, factor: int) -> np.ndarray:
     h, w = level_shape(*canvas.shape, factor)
     padded = np.zeros((h * factor, w * factor))
     valid = np.zeros_like(padded)
-    padded[:canvas.shape[0], :canvas.shape[1]] = canvas
-    valid[:canvas.shape[0], :canvas.shape[1]] = 1
+    padded[: canvas.shape[0], : canvas.shape[1]] = canvas
+    valid[: canvas.shape[0], : canvas.shape[1]] = 1
     sums = padded.reshape(h, factor, w, factor).sum(axis=(1, 3))
     counts = valid.reshape(h, factor, w, factor).sum(axis=(1, 3))
     return np.floor(sums / counts + 0.5).astype(np.uint8)
@@ -48,8 +54,11 @@ def test_labels_cover_all_classes():
 def test_layouts_are_deterministic_and_distinct():
     a, b = make_layout(SPEC, "train", 7, 11), make_layout(SPEC, "train", 7, 11)
     assert np.array_equal(render_canvas(a), render_canvas(b))
-    for other in (make_layout(SPEC, "train", 7, 12), make_layout(SPEC, "train", 8, 11),
-                  make_layout(SPEC, "test", 7, 11)):
+    for other in (
+        make_layout(SPEC, "train", 7, 12),
+        make_layout(SPEC, "train", 8, 11),
+        make_layout(SPEC, "test", 7, 11),
+    ):
         assert not np.array_equal(render_canvas(a), render_canvas(other))
 
 
@@ -72,10 +81,10 @@ def test_canvas_pixels_are_the_sprites():
     canvas = render_canvas(layout)
     assert canvas.shape == (1500, 1500, 1) and canvas.dtype == np.uint8
     for y, x, sprite in zip(layout.ys, layout.xs, layout.sprites):
-        assert np.array_equal(canvas[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE, 0], sprite)
+        assert np.array_equal(canvas[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE, 0], sprite)
     mask = np.zeros((1500, 1500), bool)
     for y, x in zip(layout.ys, layout.xs):
-        mask[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE] = True
+        mask[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE] = True
     assert not canvas[~mask].any()
 
 
@@ -88,10 +97,10 @@ def test_regions_are_slices_of_the_canvas_and_zero_outside():
         h, w = rng.integers(1, 300, size=2)
         padded = np.zeros((1900, 1900), np.uint8)
         padded[200:1700, 200:1700] = canvas
-        expected = padded[top + 200:top + 200 + h, left + 200:left + 200 + w]
+        expected = padded[top + 200 : top + 200 + h, left + 200 : left + 200 + w]
         region = render_region(layout, int(top), int(left), int(h), int(w))
-        assert np.array_equal(region[:expected.shape[0], :expected.shape[1]], expected)
-        assert not region[expected.shape[0]:].any() and not region[:, expected.shape[1]:].any()
+        assert np.array_equal(region[: expected.shape[0], : expected.shape[1]], expected)
+        assert not region[expected.shape[0] :].any() and not region[:, expected.shape[1] :].any()
 
 
 @pytest.mark.parametrize("factor", [2, 3, 8, 37, 2048])

@@ -1,4 +1,5 @@
 """Canvas writers: round trips, pyramid levels, and no full-size buffer for huge canvases."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -8,7 +9,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from model_ops.datasets.megapixel_digits import CanvasSpec, level_shape, make_layout, render_canvas, render_region
+from model_ops.datasets.megapixel_digits import (
+    CanvasSpec,
+    level_shape,
+    make_layout,
+    render_canvas,
+    render_region,
+)
 from model_ops.datasets.writers import pyramid_factors, write_canvas, write_tiff
 
 

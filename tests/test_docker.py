@@ -9,6 +9,7 @@ variables, console scripts); and its install and start commands must be the
 ones CI and the README use: the builder runs ``docker/install.sh``, the one
 install procedure, and the README shows the runtime stage's ENTRYPOINT.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,9 +22,8 @@ import shlex
 import shutil
 import string
 import subprocess
-import tomllib
 
-import pytest
+import tomllib
 
 from service.config import Config, env_name
 
@@ -233,8 +233,9 @@ def test_hadolint_passes():
 
 
 def test_runtime_is_the_default_target_and_runs_the_builders_venv():
-    assert [s.name for s in parse_dockerfile()][-1] == "runtime", \
+    assert [s.name for s in parse_dockerfile()][-1] == "runtime", (
         "the runtime stage must be the default (last) target"
+    )
     copied_venvs = [c for c in stage("runtime").copies() if "from" in c[2]]
     assert copied_venvs == [(["/opt/venv"], "/opt/venv", {"from": "builder"})]
     for variant in VARIANTS:
@@ -269,8 +270,9 @@ def test_gpu_runtime_is_a_small_cuda_image_of_the_builders_release():
     builder = CUDA_IMAGE.fullmatch(root_image("builder", "gpu"))
     runtime = CUDA_IMAGE.fullmatch(root_image("runtime", "gpu"))
     assert runtime and runtime["flavor"] in {"base", "runtime"}, "the toolkit stays in the builder"
-    assert (runtime["version"], runtime["os"]) == (builder["version"], builder["os"]), \
+    assert (runtime["version"], runtime["os"]) == (builder["version"], builder["os"]), (
         "the venv needs the builder's Ubuntu and so its Python"
+    )
     assert "python3" in apt_packages("runtime", "gpu")
     assert pulled_images("gpu") == {builder.group(0), runtime.group(0)}
 
@@ -289,12 +291,20 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
 
 def test_dockerignore_keeps_host_build_products_out():
     patterns = dockerignore_patterns()
-    for generated in ("model_ops/_patch_ops.so", "model_ops/_build_info.json",
-                      "protos/ats_api/v1/attention_sampling_pb2.py",
-                      "service/__pycache__/config.cpython-311.pyc", ".git/HEAD"):
+    for generated in (
+        "model_ops/_patch_ops.so",
+        "model_ops/_build_info.json",
+        "protos/ats_api/v1/attention_sampling_pb2.py",
+        "service/__pycache__/config.cpython-311.pyc",
+        ".git/HEAD",
+    ):
         assert ignored(generated, patterns), generated
-    for needed in ("model_ops/cc/build.py", "protos/ats_api/v1/attention_sampling.proto",
-                   "service/config.py", "setup.py"):
+    for needed in (
+        "model_ops/cc/build.py",
+        "protos/ats_api/v1/attention_sampling.proto",
+        "service/config.py",
+        "setup.py",
+    ):
         assert not ignored(needed, patterns), needed
 
 
@@ -309,8 +319,9 @@ def test_builder_installs_with_the_shared_install_script():
 
 def test_ci_and_readme_install_with_the_same_script():
     setup = (ROOT / ".ci" / "setup.sh").read_text()
-    assert re.search(rf"^\s*bash {re.escape(INSTALL_SCRIPT)}\b", setup, re.M), \
+    assert re.search(rf"^\s*bash {re.escape(INSTALL_SCRIPT)}\b", setup, re.M), (
         f".ci/setup.sh must install the project with `bash {INSTALL_SCRIPT} ...`, as the image does"
+    )
     commands = [line for line in setup.lower().splitlines() if not line.strip().startswith("#")]
     assert not [c for c in commands if "tensorflow" in c], f"only {INSTALL_SCRIPT} pins TensorFlow"
     readme = (ROOT / "README.md").read_text()
@@ -327,8 +338,9 @@ def test_readme_starts_the_server_as_the_image_does():
 def test_runtime_stage_runs_the_server_as_configured():
     runtime = stage("runtime")
     env = runtime.env()
-    assert {k for k in env if k.startswith("ATS_")} <= server_config_env(), \
+    assert {k for k in env if k.startswith("ATS_")} <= server_config_env(), (
         "runtime ENV sets ATS_* variables the server does not read"
+    )
     ports = {int(p) for i in runtime.all("EXPOSE") for p in i.args.split()}
     assert ports == {int(env["ATS_PORT"]), int(env["ATS_METRICS_PORT"])} == {8500, 8502}
     assert int(env["ATS_PORT"]) == Config.port and int(env["ATS_METRICS_PORT"]) == Config.metrics_port
@@ -359,8 +371,9 @@ def test_healthcheck_asks_the_grpc_health_service():
     assert check[:2] == ["ats-client", "health"] and check[0] in console_scripts()
     assert check[check.index("--server") + 1] == "localhost:9123", "checks the port the server listens on"
     docker_timeout = re.search(r"--timeout=(\d+)s", runtime.all("HEALTHCHECK")[-1].args)
-    assert float(check[check.index("--timeout") + 1]) < int(docker_timeout.group(1)), \
+    assert float(check[check.index("--timeout") + 1]) < int(docker_timeout.group(1)), (
         "the client must give up before Docker kills it"
+    )
 
 
 def _install_calls(tmp_path: pathlib.Path, *args: str, cuda: bool = False) -> list[list[str]]:
@@ -368,9 +381,11 @@ def _install_calls(tmp_path: pathlib.Path, *args: str, cuda: bool = False) -> li
     log = tmp_path / "calls.jsonl"
     fake = tmp_path / "bin" / "python3"
     fake.parent.mkdir(parents=True)
-    fake.write_text(f"#!/bin/sh\nexec {shlex.quote(shutil.which('python3'))} -c "
-                    "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\" >> "
-                    f"{shlex.quote(str(log))}\n")
+    fake.write_text(
+        f"#!/bin/sh\nexec {shlex.quote(shutil.which('python3'))} -c "
+        "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\" >> "
+        f"{shlex.quote(str(log))}\n"
+    )
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", ATS_BUILD_CUDA="1" if cuda else "0")
     subprocess.run(["bash", str(ROOT / INSTALL_SCRIPT), *args], env=env, check=True)
@@ -380,8 +395,9 @@ def _install_calls(tmp_path: pathlib.Path, *args: str, cuda: bool = False) -> li
 def test_install_script_pins_tensorflow_then_builds_without_isolation(tmp_path):
     deps, project = _install_calls(tmp_path)
     pin = next(a for a in deps if a.startswith("tensorflow"))
-    assert pin == f"tensorflow=={importlib.metadata.version('tensorflow')}", \
+    assert pin == f"tensorflow=={importlib.metadata.version('tensorflow')}", (
         "the image pins another TensorFlow than the one the tests run"
+    )
     assert project[-2:] == ["--no-build-isolation", "."]
 
 
@@ -409,8 +425,12 @@ def test_every_documented_setting_exists():
     """ATS_* names in the deployment files and docs are server settings, the
     op build's settings, or the client's server address."""
     known = server_config_env() | build_settings() | {"ATS_SERVER"}
-    files = [DOCKERFILE, ROOT / "docker" / "README.md", ROOT / "docker" / "compose.yaml",
-             *sorted((ROOT / "docker" / "k8s").rglob("*.yaml"))]
+    files = [
+        DOCKERFILE,
+        ROOT / "docker" / "README.md",
+        ROOT / "docker" / "compose.yaml",
+        *sorted((ROOT / "docker" / "k8s").rglob("*.yaml")),
+    ]
     for path in files:
         unknown = set(re.findall(r"\bATS_[A-Z0-9_]+\b", path.read_text())) - known
         assert not unknown, f"{path.relative_to(ROOT)} names unknown settings {sorted(unknown)}"

@@ -1,6 +1,7 @@
 """The compose stack: promtool accepts the Prometheus configuration, and the
 server, Prometheus and Grafana find each other (service names, ports, mounted
 files, datasource uid) as they are wired in compose.yaml."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +12,9 @@ import subprocess
 import urllib.parse
 
 import yaml
+from test_docker import ROOT, stage
 
 from service.config import Config, env_name
-from test_docker import ROOT, stage
 
 DOCKER = ROOT / "docker"
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
@@ -44,7 +45,7 @@ def grafana_file(container_path: str) -> pathlib.Path:
     """Host file behind a path inside the Grafana container."""
     for target, source in mounts("grafana").items():
         if container_path.startswith(target + "/"):
-            return source / container_path[len(target) + 1:]
+            return source / container_path[len(target) + 1 :]
     raise AssertionError(f"{container_path} is not mounted into Grafana")
 
 
@@ -60,8 +61,9 @@ def test_stack_has_server_prometheus_and_grafana():
 def test_promtool_accepts_the_prometheus_config():
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is missing: run bash .ci/setup.sh"
-    result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONFIG)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

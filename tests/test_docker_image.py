@@ -9,6 +9,7 @@ Only what needs a Docker engine or root is left out: the base images'
 packages, and the virtual environment sees the system site-packages (so
 TensorFlow is not downloaded again) instead of its own.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,16 @@ import sys
 import time
 
 import pytest
-
 from conftest import free_port
-from test_docker import (INSTALL_SCRIPT, ROOT, context_files, lineage_env, lineage_runs,
-                         parse_dockerfile, stage)
+from test_docker import (
+    INSTALL_SCRIPT,
+    ROOT,
+    context_files,
+    lineage_env,
+    lineage_runs,
+    parse_dockerfile,
+    stage,
+)
 
 # The variant replayed: this machine's TensorFlow is the CPU one.
 VARIANT = "cpu"
@@ -63,8 +70,11 @@ def under(root: pathlib.Path, container_path: str) -> pathlib.Path:
 
 def stage_env(root: pathlib.Path, name: str) -> dict[str, str]:
     """ENV of the stage (with its parents'), absolute container paths moved under ``root``."""
-    return {key: str(under(root, value)) if value.startswith("/") else value
-            for key, value in lineage_env(name, VARIANT).items() if key != "PATH"}
+    return {
+        key: str(under(root, value)) if value.startswith("/") else value
+        for key, value in lineage_env(name, VARIANT).items()
+        if key != "PATH"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +84,9 @@ def image_root(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("image")
     env = dict(os.environ, **stage_env(root, "builder"))
     venv = pathlib.Path(env["VIRTUAL_ENV"])
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+    )
     env["PATH"] = f"{venv / 'bin'}:{os.environ['PATH']}"
     replay_copies("builder", root)
     workdir = under(root, stage("builder").all("WORKDIR")[-1].args)
@@ -90,11 +101,14 @@ def image_root(tmp_path_factory) -> pathlib.Path:
 @pytest.mark.slow
 def test_builder_installs_the_project_into_the_virtual_environment(image_root):
     venv = under(image_root, lineage_env("builder", VARIANT)["VIRTUAL_ENV"])
-    code = ("import ats, ats_api, ats_client, model_ops, service, json; "
-            "from model_ops.python.ops.loader import load_op_library; load_op_library(); "
-            "print(json.dumps([m.__file__ for m in (ats, ats_api, ats_client, model_ops, service)]))")
-    out = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True,
-                         cwd=image_root, check=True).stdout
+    code = (
+        "import ats, ats_api, ats_client, model_ops, service, json; "
+        "from model_ops.op_library import load_op_library; load_op_library(); "
+        "print(json.dumps([m.__file__ for m in (ats, ats_api, ats_client, model_ops, service)]))"
+    )
+    out = subprocess.run(
+        [venv / "bin" / "python", "-c", code], capture_output=True, text=True, cwd=image_root, check=True
+    ).stdout
     for module_file in json.loads(out.splitlines()[-1]):
         assert pathlib.Path(module_file).is_relative_to(venv), f"{module_file} is not the installed copy"
     assert sorted((venv / "bin").glob("ats-*")), "console scripts missing"
@@ -112,8 +126,13 @@ def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(imag
     workdir = under(image_root, runtime.all("WORKDIR")[-1].args)
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(runtime.all("ENTRYPOINT")[-1].json_args(), cwd=workdir, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            runtime.all("ENTRYPOINT")[-1].json_args(),
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -123,11 +142,19 @@ def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(imag
                 break
             assert time.monotonic() < deadline, f"never healthy: {check.stdout}{check.stderr}"
             time.sleep(2)
-        listing = subprocess.run(["ats-client", "models", "--server", f"localhost:{env['ATS_PORT']}"],
-                                 env=env, capture_output=True, text=True, check=True).stdout
+        listing = subprocess.run(
+            ["ats-client", "models", "--server", f"localhost:{env['ATS_PORT']}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         shipped = {p.name for p in (ROOT / "models").iterdir() if p.is_dir()}
-        served = {line.split(":")[0].removesuffix(" (default)") for line in listing.splitlines()
-                  if line and not line.startswith(" ")}
+        served = {
+            line.split(":")[0].removesuffix(" (default)")
+            for line in listing.splitlines()
+            if line and not line.startswith(" ")
+        }
         assert served == shipped
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0

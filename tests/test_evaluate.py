@@ -1,4 +1,5 @@
 """``ats-eval``: accuracy per mode and patch count, checked against direct predictions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,11 @@ def test_accuracy_matches_direct_predictions(version_dir):
         for index in range(4):
             layout = make_layout(CanvasSpec(), "test", 3, index)
             out = model.signatures["predict_image"](
-                image=tf.constant(render_canvas(layout)), n_patches=tf.constant(n),
-                seed=tf.constant(index, tf.int64), mode=tf.constant(1 if mode == "top_k" else 0))
+                image=tf.constant(render_canvas(layout)),
+                n_patches=tf.constant(n),
+                seed=tf.constant(index, tf.int64),
+                mode=tf.constant(1 if mode == "top_k" else 0),
+            )
             hits += int(np.argmax(out["probabilities"]) == layout.label)
         assert value == hits / 4, (mode, n)
 
@@ -38,7 +42,22 @@ def test_table_format():
 
 def test_cli_writes_markdown(version_dir, tmp_path, capsys):
     out = tmp_path / "eval.md"
-    assert main(["--model", str(version_dir), "--canvases", "2", "--patches", "3", "--modes", "top_k",
-                 "--markdown", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(version_dir),
+                "--canvases",
+                "2",
+                "--patches",
+                "3",
+                "--modes",
+                "top_k",
+                "--markdown",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "| top_k |" in capsys.readouterr().out
     assert out.read_text().startswith("| inference | 3 patches |")

@@ -1,4 +1,5 @@
 """Estimator details beyond unbiasedness: baselines, dtypes, shapes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,7 @@ def test_without_replacement_forward_matches_the_written_estimator():
     rng = np.random.default_rng(1)
     f, p = rng.normal(size=(2, 4, 3)), rng.uniform(0.05, 0.2, (2, 4))
     pm = 1 - np.concatenate([np.zeros((2, 1)), np.cumsum(p, 1)[:, :-1]], 1)
-    terms = [np.einsum("bj,bjd->bd", p[:, :k], f[:, :k]) + pm[:, k, None] * f[:, k]
-             for k in range(4)]
+    terms = [np.einsum("bj,bjd->bd", p[:, :k], f[:, :k]) + pm[:, k, None] * f[:, k] for k in range(4)]
     np.testing.assert_allclose(aggregate(f, p, False), np.mean(terms, axis=0), rtol=1e-12)
 
 

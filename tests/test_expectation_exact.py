@@ -6,6 +6,7 @@ independently of the library). The expectation of the forward must equal
 ``Φ = Σ a_i f_i`` and the expectation of the gradient with respect to the
 logits must equal the true gradient ``a_j (v_j - Σ a_i v_i)``, ``v = f g``.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Exported versions: signatures, staged path == predict_image, fresh-process reload, version checks."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,16 @@ import tensorflow as tf
 
 from model_ops import expectation, geometry, sampling
 from model_ops.export import (
-    MODE_SAMPLE, MODE_TOP_K, IncompatibleModelError, check_compatible, export_tiny_model, latest_version,
-    load_metadata, load_model,
+    MODE_SAMPLE,
+    MODE_TOP_K,
+    IncompatibleModelError,
+    check_compatible,
+    export_tiny_model,
+    latest_version,
+    load_metadata,
+    load_model,
 )
-from model_ops.python.ops.extract_patches import extract_patches
+from model_ops.patch_ops import extract_patches
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,8 +44,12 @@ def _image(seed: int = 0, shape=(203, 157, 1)) -> np.ndarray:
 
 
 def _predict(loaded, image, n_patches=5, seed=7, mode=MODE_SAMPLE):
-    out = loaded.signatures["predict_image"](image=tf.constant(image), n_patches=tf.constant(n_patches),
-                                             seed=tf.constant(seed, tf.int64), mode=tf.constant(mode))
+    out = loaded.signatures["predict_image"](
+        image=tf.constant(image),
+        n_patches=tf.constant(n_patches),
+        seed=tf.constant(seed, tf.int64),
+        mode=tf.constant(mode),
+    )
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -46,9 +57,22 @@ def test_metadata_file(version_dir):
     raw = json.loads((version_dir / "ats_model.json").read_text())
     assert raw["tensorflow_version"] == tf.__version__
     assert raw["op_library_version"]
-    for key in ("format", "name", "classes", "low_scale", "low_size", "patch_size", "n_patches",
-                "max_patches", "replace", "receptive_field", "channels", "input_dtype", "pixel_scale",
-                "feature_dim"):
+    for key in (
+        "format",
+        "name",
+        "classes",
+        "low_scale",
+        "low_size",
+        "patch_size",
+        "n_patches",
+        "max_patches",
+        "replace",
+        "receptive_field",
+        "channels",
+        "input_dtype",
+        "pixel_scale",
+        "feature_dim",
+    ):
         assert key in raw, key
     assert raw["input_dtype"] == "uint8" and raw["n_patches"] == 5
 
@@ -72,14 +96,18 @@ def test_staged_path_equals_predict_image(model, mode):
     x_low = low_resolution_view(image[None], low_size)
     attention = loaded.signatures["attention"](x_low=x_low)["attention"]
     np.testing.assert_allclose(attention[0].numpy(), full["attention"], rtol=1e-6, atol=1e-9)
-    cells, probs = sampling.sample_positions(attention, 5, meta.replace,
-                                             mode="top_k" if mode == MODE_TOP_K else "sample", seed=11)
+    cells, probs = sampling.sample_positions(
+        attention, 5, meta.replace, mode="top_k" if mode == MODE_TOP_K else "sample", seed=11
+    )
     np.testing.assert_array_equal(cells[0].numpy(), full["cells"])
-    offsets = geometry.cells_to_offsets(cells, low_size, image.shape[:2], attention.shape[1:],
-                                        meta.patch_size, meta.receptive_field)
+    offsets = geometry.cells_to_offsets(
+        cells, low_size, image.shape[:2], attention.shape[1:], meta.patch_size, meta.receptive_field
+    )
     np.testing.assert_array_equal(offsets[0].numpy(), full["offsets"])
     patches = extract_patches(image[None], offsets, meta.patch_size)  # uint8, as a server cuts them
-    features = loaded.signatures["features"](patches=tf.reshape(patches, [-1, *meta.patch_size, 1]))["features"]
+    features = loaded.signatures["features"](patches=tf.reshape(patches, [-1, *meta.patch_size, 1]))[
+        "features"
+    ]
     estimate = expectation.aggregate(features[None], probs, meta.replace)
     probabilities = loaded.signatures["head"](features=estimate)["probabilities"][0].numpy()
     np.testing.assert_allclose(probabilities, full["probabilities"], rtol=1e-5, atol=1e-7)
@@ -119,7 +147,7 @@ _FRESH = """
 import json, sys, numpy as np, tensorflow as tf
 path, load_op = sys.argv[1], sys.argv[2] == "1"
 if load_op:
-    from model_ops.python.ops.loader import load_op_library
+    from model_ops.op_library import load_op_library
     load_op_library()
 loaded = tf.saved_model.load(path)
 image = np.random.default_rng(1).integers(0, 256, (203, 157, 1), dtype=np.uint8)
@@ -130,10 +158,18 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
 
 
 def _fresh_process(version_dir, load_op: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-c", _FRESH, str(version_dir), "1" if load_op else "0"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _FRESH, str(version_dir), "1" if load_op else "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow

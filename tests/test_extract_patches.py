@@ -1,13 +1,14 @@
 """The compiled patch op against the NumPy oracle: every dtype, 1-D to 3-D,
 offsets inside, across and entirely outside the image, eager and in graphs."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from model_ops.python.ops import extract_patches
 from test_extract_patches_reference import DTYPES, random_case, random_images, reference_patches
+
+from model_ops import extract_patches
 
 
 def run_op(mode, images, offsets, size, **kwargs):
@@ -37,8 +38,7 @@ def test_integer_images_to_float32_with_scale(dtype, n_dims):
     scale = 1 / float(np.iinfo(dtype).max)
     for _ in range(4):
         images, offsets, size = random_case(rng, n_dims, dtype)
-        got = run_op("eager", images, offsets, size, output_dtype=tf.float32, scale=scale,
-                     fill_value=-1)
+        got = run_op("eager", images, offsets, size, output_dtype=tf.float32, scale=scale, fill_value=-1)
         want = reference_patches(images, offsets, size, -1, np.float32, scale)
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
@@ -56,8 +56,10 @@ def test_float_images_with_scale_multiply_inside_the_op():
 def test_large_image_and_patches_cross_every_border():
     rng = np.random.default_rng(4)
     images = random_images(rng, (2, 300, 257, 3), np.uint8)
-    offsets = np.array([[[-10, -10], [290, 250], [100, 100], [-64, 0]],
-                        [[0, 200], [250, -5], [299, 256], [150, 40]]], np.int32)
+    offsets = np.array(
+        [[[-10, -10], [290, 250], [100, 100], [-64, 0]], [[0, 200], [250, -5], [299, 256], [150, 40]]],
+        np.int32,
+    )
     got = extract_patches(images, offsets, (64, 48)).numpy()
     np.testing.assert_array_equal(got, reference_patches(images, offsets, (64, 48)))
 
@@ -65,10 +67,20 @@ def test_large_image_and_patches_cross_every_border():
 def test_empty_batch_patches_and_channels():
     images = np.zeros((2, 5, 5, 3), np.float32)
     assert extract_patches(images, np.zeros((2, 0, 2), np.int32), 3).shape == (2, 0, 3, 3, 3)
-    assert extract_patches(np.zeros((0, 5, 5, 3), np.float32),
-                           np.zeros((0, 4, 2), np.int32), 3).shape == (0, 4, 3, 3, 3)
-    assert extract_patches(np.zeros((1, 5, 5, 0), np.uint8),
-                           np.zeros((1, 2, 2), np.int32), 2).shape == (1, 2, 2, 2, 0)
+    assert extract_patches(np.zeros((0, 5, 5, 3), np.float32), np.zeros((0, 4, 2), np.int32), 3).shape == (
+        0,
+        4,
+        3,
+        3,
+        3,
+    )
+    assert extract_patches(np.zeros((1, 5, 5, 0), np.uint8), np.zeros((1, 2, 2), np.int32), 2).shape == (
+        1,
+        2,
+        2,
+        2,
+        0,
+    )
 
 
 def test_int64_offsets_and_tensor_patch_size_are_accepted():
@@ -91,9 +103,13 @@ def test_static_shape_inference():
 def test_dynamic_shape_inference():
     shapes = []
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8),
-                                  tf.TensorSpec([None, None, 2], tf.int32),
-                                  tf.TensorSpec([2], tf.int32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.uint8),
+            tf.TensorSpec([None, None, 2], tf.int32),
+            tf.TensorSpec([2], tf.int32),
+        ]
+    )
     def fn(x, o, size):
         shapes.append(extract_patches(x, o, 9).shape.as_list())
         shapes.append(extract_patches(x, o, size).shape.as_list())
@@ -101,14 +117,12 @@ def test_dynamic_shape_inference():
         return extract_patches(x, o, size)
 
     out = fn(tf.zeros((1, 8, 8, 3), tf.uint8), tf.zeros((1, 2, 2), tf.int32), tf.constant([4, 6]))
-    assert shapes == [[None, None, 9, 9, 3], [None, None, None, None, 3],
-                      [None, None, None, None, 3]]
+    assert shapes == [[None, None, 9, 9, 3], [None, None, None, None, 3], [None, None, None, None, 3]]
     assert out.shape == (1, 2, 4, 6, 3)
 
 
 def test_unknown_rank_images_take_rank_from_offsets():
-    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32),
-                                  tf.TensorSpec([1, 3, 3], tf.int32)])
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec([1, 3, 3], tf.int32)])
     def fn(x, o):
         out = extract_patches(x, o, 2)
         assert out.shape.as_list() == [1, 3, 2, 2, 2, None]

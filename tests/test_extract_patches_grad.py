@@ -1,14 +1,15 @@
 """Gradient of the patch op with respect to float images: the scatter-add
 adjoint (overlaps accumulate, outside pixels drop), checked numerically in
 float64 and against the NumPy adjoint; deterministic on CPU."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from model_ops.python.ops import extract_patches
 from test_extract_patches_reference import reference_scatter
+
+from model_ops import extract_patches
 
 CASES = {  # image shape, offsets per batch item, patch size; overlapping, across borders
     1: ((2, 7, 2), [[[-2], [1], [3], [5]], [[0], [0], [-9], [6]]], (4,)),
@@ -30,14 +31,13 @@ def test_gradient_matches_finite_differences_in_float64(n_dims):
     shape, offsets, size = CASES[n_dims]
     images = np.random.default_rng(n_dims).normal(size=shape)
     theoretical, numerical = tf.test.compute_gradient(
-        lambda x: extract_patches(x, np.array(offsets, np.int32), size, fill_value=3.0),
-        [tf.constant(images)])
+        lambda x: extract_patches(x, np.array(offsets, np.int32), size, fill_value=3.0), [tf.constant(images)]
+    )
     assert np.abs(theoretical[0]).sum() > 0
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-8)
 
 
-@pytest.mark.parametrize("dtype, rtol", [(np.float16, 1e-2), (np.float32, 1e-6),
-                                         (np.float64, 1e-12)])
+@pytest.mark.parametrize("dtype, rtol", [(np.float16, 1e-2), (np.float32, 1e-6), (np.float64, 1e-12)])
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
 def test_gradient_matches_numpy_adjoint(n_dims, dtype, rtol):
     shape, offsets, size = CASES[n_dims]
@@ -46,18 +46,14 @@ def test_gradient_matches_numpy_adjoint(n_dims, dtype, rtol):
     upstream = rng.normal(size=(shape[0], offsets.shape[1], *size, shape[-1])).astype(dtype)
     got = _gradient(rng.normal(size=shape).astype(dtype), offsets, size, upstream, scale=0.5)
     assert got.dtype == dtype
-    np.testing.assert_allclose(got, reference_scatter(upstream, offsets, shape, 0.5),
-                               rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(got, reference_scatter(upstream, offsets, shape, 0.5), rtol=rtol, atol=rtol)
 
 
 def test_overlapping_patches_accumulate_and_outside_pixels_drop():
     images = np.zeros((1, 4, 4, 1), np.float32)
     offsets = np.array([[[0, 0], [1, 1], [1, 1], [-1, 3], [10, 10]]], np.int32)
     got = _gradient(images, offsets, (2, 2), 1.0)[0, ..., 0]
-    np.testing.assert_array_equal(got, [[1, 1, 0, 1],
-                                        [1, 3, 2, 0],
-                                        [0, 2, 2, 0],
-                                        [0, 0, 0, 0]])
+    np.testing.assert_array_equal(got, [[1, 1, 0, 1], [1, 3, 2, 0], [0, 2, 2, 0], [0, 0, 0, 0]])
 
 
 def test_gradient_is_deterministic_on_cpu():
@@ -101,5 +97,6 @@ def test_second_order_gradient_is_the_op_again():
         return tape.gradient(loss, images)
 
     theoretical, numerical = tf.test.compute_gradient(
-        image_gradient, [tf.constant(np.random.default_rng(2).normal(size=upstream_shape))])
+        image_gradient, [tf.constant(np.random.default_rng(2).normal(size=upstream_shape))]
+    )
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-8)

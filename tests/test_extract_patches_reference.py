@@ -4,6 +4,7 @@ the oracle is checked on hand-made cases.
 Plain NumPy on purpose: the CuPy kernel check imports it on GPU machines
 without TensorFlow.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,7 @@ def reference_patches(images, offsets, size, fill=0, out_dtype=None, scale=1.0):
     out = np.full((batch, offsets.shape[1], *size, images.shape[-1]), fill, dtype=out_dtype)
     for b in range(batch):
         for k in range(offsets.shape[1]):
-            window = _windows(images.shape[1:1 + n], offsets[b, k], size)
+            window = _windows(images.shape[1 : 1 + n], offsets[b, k], size)
             if window is None:
                 continue
             values = images[(b, *window[0])]
@@ -66,10 +67,10 @@ def reference_scatter(grad, offsets, image_shape, scale=1.0):
     """Adjoint: patch values added into a zero image, outside values dropped."""
     image = np.zeros(image_shape, dtype=np.float64)
     n = len(image_shape) - 2
-    size = grad.shape[2:2 + n]
+    size = grad.shape[2 : 2 + n]
     for b in range(image_shape[0]):
         for k in range(offsets.shape[1]):
-            window = _windows(image_shape[1:1 + n], offsets[b, k], size)
+            window = _windows(image_shape[1 : 1 + n], offsets[b, k], size)
             if window is not None:
                 image[(b, *window[0])] += grad[(b, k, *window[1])] * scale
     return image

@@ -1,4 +1,5 @@
 """Cell-to-offset geometry and the low-resolution view."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -41,22 +42,39 @@ def test_random_configurations_match_exact_arithmetic(seed):
     patch = rng.integers(1, 300, ndim)
     cells = rng.integers(0, size, (2, 7, ndim))
     got = cells_to_offsets(cells, low, high, size, patch, rf).numpy()
-    want = [[[exact_start(int(c[d]), int(low[d]), int(high[d]), int(size[d]), int(patch[d]),
-                          int(rf[d])) for d in range(ndim)] for c in row] for row in cells]
+    want = [
+        [
+            [
+                exact_start(int(c[d]), int(low[d]), int(high[d]), int(size[d]), int(patch[d]), int(rf[d]))
+                for d in range(ndim)
+            ]
+            for c in row
+        ]
+        for row in cells
+    ]
     np.testing.assert_array_equal(got, want)
 
 
 def test_shapes_may_be_dynamic_tensors():
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 2], tf.int32),
-                                  tf.TensorSpec([None, None, None, 3], tf.uint8),
-                                  tf.TensorSpec([None, None, None, 3], tf.uint8),
-                                  tf.TensorSpec([None, None, None])])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, 2], tf.int32),
+            tf.TensorSpec([None, None, None, 3], tf.uint8),
+            tf.TensorSpec([None, None, None, 3], tf.uint8),
+            tf.TensorSpec([None, None, None]),
+        ]
+    )
     def offsets(cells, x_low, x_high, attention):
-        return cells_to_offsets(cells, tf.shape(x_low)[1:3], tf.shape(x_high)[1:3],
-                                tf.shape(attention)[1:], [50, 50])
+        return cells_to_offsets(
+            cells, tf.shape(x_low)[1:3], tf.shape(x_high)[1:3], tf.shape(attention)[1:], [50, 50]
+        )
 
-    got = offsets(tf.constant([[[12, 0]]]), tf.zeros([1, 100, 100, 3], tf.uint8),
-                  tf.zeros([1, 1000, 1000, 3], tf.uint8), tf.zeros([1, 25, 25]))
+    got = offsets(
+        tf.constant([[[12, 0]]]),
+        tf.zeros([1, 100, 100, 3], tf.uint8),
+        tf.zeros([1, 1000, 1000, 3], tf.uint8),
+        tf.zeros([1, 25, 25]),
+    )
     np.testing.assert_array_equal(got, [[[475, -5]]])
 
 
@@ -76,14 +94,17 @@ def area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("shape,size", [((40, 60, 3), (10, 15)), ((37, 23, 1), (10, 7)),
-                                        ((9, 9, 2), (9, 9))])
+@pytest.mark.parametrize("shape,size", [((40, 60, 3), (10, 15)), ((37, 23, 1), (10, 7)), ((9, 9, 2), (9, 9))])
 def test_view_is_the_area_average_rounded_to_uint8(shape, size):
     image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     view = low_resolution_view(image, size).numpy()
     assert view.dtype == np.uint8 and view.shape == (*size, shape[2])
-    want = np.einsum("ih,jw,hwc->ijc", area_matrix(shape[0], size[0]),
-                     area_matrix(shape[1], size[1]), image.astype(np.float64))
+    want = np.einsum(
+        "ih,jw,hwc->ijc",
+        area_matrix(shape[0], size[0]),
+        area_matrix(shape[1], size[1]),
+        image.astype(np.float64),
+    )
     assert np.max(np.abs(view - want)) <= 0.5 + 1e-3
 
 
@@ -106,6 +127,7 @@ def test_view_refuses_float_images():
 
 def test_cell_grid_places_each_patch_on_its_cell_centre():
     from model_ops.geometry import cell_grid
+
     low, high, att, rf, patch = (100, 60), (1000, 900), (25, 14), 4, (50, 40)
     steps, origin = (t.numpy() for t in cell_grid(low, high, att, rf))
     np.testing.assert_allclose(steps, [(100 - 4) * 10 / 25, (60 - 4) * 15 / 14])

@@ -1,6 +1,7 @@
 """The Kubernetes manifests: valid against the Kubernetes API schema (strict,
 so a misspelt field fails), and consistent with each other, with the image
 and with the server's configuration."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +10,9 @@ import pathlib
 import kubernetes_validate
 import pytest
 import yaml
+from test_docker import stage
 
 from service.config import Config, env_name
-from test_docker import stage
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 K8S = ROOT / "docker" / "k8s"
@@ -109,7 +110,9 @@ def test_termination_grace_covers_the_drain():
 
 def test_deployment_selector_matches_its_pods():
     deployment = one("Deployment")
-    assert selects(deployment["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert selects(
+        deployment["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"]
+    )
 
 
 def test_services_select_the_pods_and_target_named_container_ports():
@@ -153,13 +156,18 @@ def test_service_monitor_scrapes_the_metrics_port_of_the_service():
 def test_autoscaler_targets_the_deployment():
     hpa = one("HorizontalPodAutoscaler")["spec"]
     deployment = one("Deployment")
-    assert hpa["scaleTargetRef"] == {"apiVersion": deployment["apiVersion"], "kind": "Deployment",
-                                     "name": deployment["metadata"]["name"]}
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
     assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"], "CPU utilisation needs CPU requests"
 
 
 def test_disruption_budget_selects_the_pods():
     pdb = one("PodDisruptionBudget")["spec"]
-    assert selects(pdb["selector"]["matchLabels"], one("Deployment")["spec"]["template"]["metadata"]["labels"])
+    assert selects(
+        pdb["selector"]["matchLabels"], one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    )
     assert pdb["minAvailable"] < one("HorizontalPodAutoscaler")["spec"]["minReplicas"]

@@ -1,17 +1,26 @@
 """Keras layers: sampling layers against NumPy, utility layers, serialisation."""
+
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from model_ops.core import attention_sampling, infer_patch_size
 from model_ops.expectation import aggregate
 from model_ops.geometry import cells_to_offsets
-from model_ops.layers import (ActivityRegularizer, Expectation, ImageLinearTransform, ImagePan,
-                              L2Normalize, ResizeImages, SamplePatches, SampleSoftmax,
-                              TotalReshape)
+from model_ops.layers import (
+    ActivityRegularizer,
+    Expectation,
+    ImageLinearTransform,
+    ImagePan,
+    L2Normalize,
+    ResizeImages,
+    SamplePatches,
+    SampleSoftmax,
+    TotalReshape,
+)
 from model_ops.regularizers import multinomial_entropy
 from model_ops.sampling import sample_positions
 
@@ -75,23 +84,29 @@ def test_expectation_layer_is_the_estimator():
     rng = np.random.default_rng(2)
     features, probs = rng.normal(size=(3, 4, 5)), rng.uniform(0.05, 0.2, size=(3, 4))
     for replace in (True, False):
-        np.testing.assert_allclose(Expectation(replace)([features, probs]),
-                                   aggregate(features, probs, replace), rtol=1e-6)
+        np.testing.assert_allclose(
+            Expectation(replace)([features, probs]), aggregate(features, probs, replace), rtol=1e-6
+        )
     assert Expectation()([keras.Input((4, 5)), keras.Input((4,))]).shape == (None, 5)
 
 
 def small_model(mode="sample", seed=None, regularizer=None, n_patches=4):
-    attention = keras.Sequential([keras.Input((16, 16, 1)),
-                                  keras.layers.Conv2D(4, 3, padding="same", activation="tanh"),
-                                  keras.layers.Conv2D(1, 3, padding="same"),
-                                  SampleSoftmax(squeeze_channels=True, smooth=1e-4)])
-    feature = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(6, 3),
-                                keras.layers.GlobalMaxPooling2D(), L2Normalize()])
+    attention = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="tanh"),
+            keras.layers.Conv2D(1, 3, padding="same"),
+            SampleSoftmax(squeeze_channels=True, smooth=1e-4),
+        ]
+    )
+    feature = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(6, 3), keras.layers.GlobalMaxPooling2D(), L2Normalize()]
+    )
     x_high = keras.Input((64, 64, 1))
     x_low = ResizeImages((16, 16), mode="area")(x_high)
     features, attention_map, patches = attention_sampling(
-        attention, feature, n_patches=n_patches, attention_regularizer=regularizer,
-        seed=seed, mode=mode)([x_low, x_high])
+        attention, feature, n_patches=n_patches, attention_regularizer=regularizer, seed=seed, mode=mode
+    )([x_low, x_high])
     y = keras.layers.Dense(3, activation="softmax")(features)
     return keras.Model(x_high, [y, attention_map, patches]), attention, feature
 
@@ -99,9 +114,8 @@ def small_model(mode="sample", seed=None, regularizer=None, n_patches=4):
 def test_attention_sampling_shapes_weights_and_patch_size_inference():
     model, attention, feature = small_model()
     y, attention_map, patches = model.outputs
-    assert (y.shape, attention_map.shape, patches.shape) == (
-        (None, 3), (None, 16, 16), (None, 4, 8, 8, 1))
-    sampler, = [layer for layer in model.layers if isinstance(layer, SamplePatches)]
+    assert (y.shape, attention_map.shape, patches.shape) == ((None, 3), (None, 16, 16), (None, 4, 8, 8, 1))
+    (sampler,) = [layer for layer in model.layers if isinstance(layer, SamplePatches)]
     assert sampler.supports_jit is False  # the patch op has no XLA kernel
     own = {id(w) for w in attention.weights + feature.weights + model.layers[-1].weights}
     assert {id(w) for w in model.weights} == own  # sampling layers add no weights
@@ -193,7 +207,11 @@ def test_image_linear_transform_draws_a_and_b_in_range():
 def test_image_pan_shifts_whole_pixels_horizontally_with_zero_fill():
     image = np.arange(1, 8 * 12 + 1, dtype=np.float32).reshape(1, 8, 12, 1)
     out = ImagePan(pixels=3, p=1.0)(np.concatenate([image] * 20), training=True).numpy()
-    shifted = {s: np.roll(image[0], s, axis=1) * (np.arange(12) - s >= 0)[None, :, None]
-               * (np.arange(12) - s < 12)[None, :, None] for s in range(-3, 4)}
+    shifted = {
+        s: np.roll(image[0], s, axis=1)
+        * (np.arange(12) - s >= 0)[None, :, None]
+        * (np.arange(12) - s < 12)[None, :, None]
+        for s in range(-3, 4)
+    }
     for o in out:
         assert any(np.array_equal(o, want) for want in shifted.values())

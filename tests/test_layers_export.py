@@ -1,4 +1,5 @@
 """SavedModel export: seeded sampling and the estimators' gradients survive a fresh process."""
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,21 @@ from model_ops.layers import L2Normalize, SampleSoftmax
 
 def run_fresh(code: str) -> dict:
     """Run ``code`` in a new interpreter; it prints one JSON line."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_estimator_gradients_survive_savedmodel(tmp_path):
     class Estimators(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float64),
-                                      tf.TensorSpec([None, None], tf.float64)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, 3], tf.float64),
+                tf.TensorSpec([None, None], tf.float64),
+            ]
+        )
         def gradients(self, features, probs):
             out = {}
             for name, replace in (("with", True), ("without", False)):
@@ -36,8 +42,12 @@ def test_estimator_gradients_survive_savedmodel(tmp_path):
                 out[name] = tape.gradient(total, probs)
             return out
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float64),
-                                      tf.TensorSpec([None, None], tf.float64)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, 3], tf.float64),
+                tf.TensorSpec([None, None], tf.float64),
+            ]
+        )
         def without(self, features, probs):
             return aggregate(features, probs, False)
 
@@ -65,25 +75,34 @@ def test_estimator_gradients_survive_savedmodel(tmp_path):
 
 
 def test_exported_model_reproduces_seeded_and_top_k_outputs_in_a_fresh_process(tmp_path):
-    attention = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(1, 3, padding="same"),
-                                  SampleSoftmax(squeeze_channels=True)])
-    feature = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
-                                keras.layers.Dense(4), L2Normalize()])
+    attention = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(1, 3, padding="same"),
+            SampleSoftmax(squeeze_channels=True),
+        ]
+    )
+    feature = keras.Sequential(
+        [keras.Input((6, 6, 1)), keras.layers.Flatten(), keras.layers.Dense(4), L2Normalize()]
+    )
     x_low, x_high = keras.Input((12, 12, 1)), keras.Input((48, 48, 1))
     outputs = {}
     for mode in ("sample", "top_k"):
-        features, _, _ = attention_sampling(attention, feature, n_patches=3, seed=7,
-                                            mode=mode)([x_low, x_high])
+        features, _, _ = attention_sampling(attention, feature, n_patches=3, seed=7, mode=mode)(
+            [x_low, x_high]
+        )
         outputs[mode] = keras.layers.Dense(2, name=f"head_{mode}")(features)
     model = keras.Model([x_low, x_high], outputs)
     rng = np.random.default_rng(1)
-    inputs = [rng.uniform(size=(2, 12, 12, 1)).astype(np.float32),
-              rng.uniform(size=(2, 48, 48, 1)).astype(np.float32)]
+    inputs = [
+        rng.uniform(size=(2, 12, 12, 1)).astype(np.float32),
+        rng.uniform(size=(2, 48, 48, 1)).astype(np.float32),
+    ]
     want = {k: v.numpy() for k, v in model(inputs).items()}
     model.export(str(tmp_path), verbose=False)
     got = run_fresh(f"""
         import json, numpy as np, tensorflow as tf
-        from model_ops.python.ops.loader import load_op_library
+        from model_ops.op_library import load_op_library
         load_op_library()
         m = tf.saved_model.load({str(tmp_path)!r})
         out = m.serve([tf.constant(np.array(x), tf.float32) for x in {[x.tolist() for x in inputs]}])

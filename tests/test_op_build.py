@@ -1,6 +1,7 @@
 """Building the op library: one clear error without a compiler, the CUDA
 compiler rule (auto takes only CUDA 12), and a real CUDA build with the local
 nvcc that links cudart statically and still runs on a CPU-only TensorFlow."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,15 +38,22 @@ def fake_nvcc(directory: pathlib.Path, release: str) -> pathlib.Path:
 def test_missing_compiler_gives_one_clear_error(monkeypatch, tmp_path):
     build = load_build_module()
     monkeypatch.setenv("CXX", "ats-no-such-compiler")
-    with pytest.raises(build.BuildError, match=r"no C\+\+ compiler 'ats-no-such-compiler' "
-                                                r"found.*apt-get install g\+\+"):
+    with pytest.raises(
+        build.BuildError,
+        match=r"no C\+\+ compiler 'ats-no-such-compiler' "
+        r"found.*apt-get install g\+\+",
+    ):
         build.build_op_library(output_dir=tmp_path)
     assert not list(tmp_path.iterdir())
 
 
 def test_build_script_reports_a_missing_compiler_without_traceback():
-    proc = subprocess.run([sys.executable, str(BUILD_SCRIPT)], capture_output=True, text=True,
-                          env={**os.environ, "CXX": "ats-no-such-compiler"})
+    proc = subprocess.run(
+        [sys.executable, str(BUILD_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CXX": "ats-no-such-compiler"},
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: no C++ compiler")
     assert "Traceback" not in proc.stderr
@@ -89,14 +97,18 @@ def test_cuda_build_links_cudart_statically_and_runs_on_cpu(tmp_path):
     library = tmp_path / build.LIBRARY_NAME
     assert info["cuda"] and info["cuda_archs"]
     assert json.loads((tmp_path / build.BUILD_INFO_NAME).read_text()) == info
-    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(library)],
-                               capture_output=True, text=True, check=True).stdout
+    undefined = subprocess.run(
+        ["nm", "-D", "--undefined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
     assert " cuda" not in undefined and "__cuda" not in undefined
-    run = ("import numpy as np, tensorflow as tf, sys\n"
-           "ops = tf.load_op_library(sys.argv[1])\n"
-           "x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)\n"
-           "p = ops.ats_extract_patches(x, [[[1, 2]]], [2, 3], out_type=tf.float32, scale=2)\n"
-           "print(p.numpy().ravel().tolist())\n")
-    proc = subprocess.run([sys.executable, "-c", run, str(library)], capture_output=True,
-                          text=True, check=True)
+    run = (
+        "import numpy as np, tensorflow as tf, sys\n"
+        "ops = tf.load_op_library(sys.argv[1])\n"
+        "x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)\n"
+        "p = ops.ats_extract_patches(x, [[[1, 2]]], [2, 3], out_type=tf.float32, scale=2)\n"
+        "print(p.numpy().ravel().tolist())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", run, str(library)], capture_output=True, text=True, check=True
+    )
     assert proc.stdout.split("\n")[-2] == str([12.0, 14.0, 0.0, 20.0, 22.0, 0.0])

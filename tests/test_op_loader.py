@@ -1,5 +1,6 @@
 """The op loader: build record matches the running TensorFlow, the library is
 loaded once, and a missing or mismatched build fails with how to rebuild."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,14 @@ import sys
 
 import tensorflow as tf
 
-from model_ops.python.ops import build_info, load_op_library, loader, op_library_version
+from model_ops import build_info, load_op_library, op_library_version
+from model_ops import op_library as loader
 
 # Runs in a fresh process (a library must never load twice): each broken build
 # record must stop load_op_library() before tf.load_op_library is reached.
 BROKEN_BUILDS = """
 import json, pathlib, sys
-from model_ops.python.ops import loader
+from model_ops import op_library as loader
 tmp = pathlib.Path(sys.argv[1])
 original = json.loads(loader.BUILD_INFO_PATH.read_text())
 messages = {}
@@ -49,12 +51,12 @@ def test_library_is_loaded_once():
 
 
 def test_broken_builds_fail_with_how_to_rebuild(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", BROKEN_BUILDS, str(tmp_path)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", BROKEN_BUILDS, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     messages = json.loads(proc.stdout.splitlines()[-1])
     rebuild = "pip install --no-build-isolation -e ."
-    assert f"built with TensorFlow 2.0.0 but TensorFlow {tf.__version__} is running" in \
-        messages["tensorflow"]
+    assert f"built with TensorFlow 2.0.0 but TensorFlow {tf.__version__} is running" in messages["tensorflow"]
     assert "version 0.0.1 but the sources are version" in messages["op"]
     assert "is not built" in messages["missing"]
     assert all(rebuild in m for m in messages.values())

@@ -1,5 +1,6 @@
 """A real Prometheus (Debian package, started here on loopback) scrapes a real
 server; its HTTP API must report exactly the requests this test made."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,11 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
 from ats_client import AtsClient, AtsError
 
 pytestmark = pytest.mark.slow
@@ -27,12 +29,20 @@ class Prometheus:
         config.write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             "scrape_configs:\n  - job_name: ats\n    static_configs:\n"
-            f"      - targets: ['{metrics_target}']\n")
+            f"      - targets: ['{metrics_target}']\n"
+        )
         self.url = f"http://127.0.0.1:{port}"
         self._log = open(workdir / "prometheus.log", "wb")
         self.process = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -51,8 +61,10 @@ class Prometheus:
         with urllib.request.urlopen(url, timeout=10) as reply:
             body = json.load(reply)
         assert body["status"] == "success", body
-        return {tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1])
-                for r in body["data"]["result"]}
+        return {
+            tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1])
+            for r in body["data"]["result"]
+        }
 
     def value(self, promql: str) -> float | None:
         result = self.query(promql)
@@ -94,8 +106,10 @@ def test_prometheus_sees_the_requests_made(start_server, make_repository, promet
             totals.append(next(t.seconds for t in response.timings if t.stage == "total"))
             megapixels += height * width / 1e6
             patches += len(response.patches)
-        for call in (lambda: client.predict(helpers.random_image(64, 64), model="nope"),
-                     lambda: client.predict(helpers.random_image(64, 64), n_patches=1000)):
+        for call in (
+            lambda: client.predict(helpers.random_image(64, 64), model="nope"),
+            lambda: client.predict(helpers.random_image(64, 64), n_patches=1000),
+        ):
             with pytest.raises(AtsError):
                 call()
 
@@ -123,7 +137,9 @@ def test_prometheus_sees_the_requests_made(start_server, make_repository, promet
         assert count == sum(t <= bound for t in totals), (bound, count, totals)
     for stage in ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head"):
         assert prometheus.value(f'ats_stage_seconds_count{{stage="{stage}"}}') == 4
-    median = prometheus.value('histogram_quantile(0.5, sum by (le) (ats_stage_seconds_bucket{stage="total"}))')
+    median = prometheus.value(
+        'histogram_quantile(0.5, sum by (le) (ats_stage_seconds_bucket{stage="total"}))'
+    )
     assert median is not None and 0 < median <= max(totals) * 2.5
 
     assert prometheus.value('ats_patches_total{model="tiny"}') == patches == 1 + 2 + 3 + 4

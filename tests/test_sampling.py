@@ -6,6 +6,7 @@ would fail one only with probability ``ALPHA`` over the choice of seed. Each
 is paired with a check that the same counts reject a slightly wrong map, so
 the test has power.
 """
+
 from __future__ import annotations
 
 import itertools

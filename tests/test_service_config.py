@@ -1,4 +1,5 @@
 """Server settings: flag over ATS_* environment over default, and where each came from."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,10 +21,19 @@ def test_defaults():
 
 
 def test_flag_over_environment_over_default():
-    environ = {"ATS_PORT": "9000", "ATS_METRICS_PORT": "9002", "ATS_LOG_FORMAT": "json",
-               "ATS_QUEUE_TIMEOUT": "0.5"}
+    environ = {
+        "ATS_PORT": "9000",
+        "ATS_METRICS_PORT": "9002",
+        "ATS_LOG_FORMAT": "json",
+        "ATS_QUEUE_TIMEOUT": "0.5",
+    }
     config, sources = load_config(["--port", "9100", "--model-repository", "repo"], environ=environ)
-    assert (config.port, config.metrics_port, config.log_format, config.queue_timeout) == (9100, 9002, "json", 0.5)
+    assert (config.port, config.metrics_port, config.log_format, config.queue_timeout) == (
+        9100,
+        9002,
+        "json",
+        0.5,
+    )
     assert (sources["port"], sources["metrics_port"], sources["workers"]) == ("flag", "env", "default")
     described = describe(config, sources)
     assert described["port"] == {"value": 9100, "from": "flag"}

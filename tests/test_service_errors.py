@@ -1,5 +1,6 @@
 """Every bad input gets its precise status, a google.rpc.BadRequest naming the
 field, and leaves the server answering (checked after each test)."""
+
 from __future__ import annotations
 
 import struct
@@ -8,6 +9,7 @@ import zlib
 import grpc
 import numpy as np
 import pytest
+
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from ats_client import AtsClient, AtsError
@@ -47,7 +49,7 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def test_corrupt_image(client, helpers):
     png = bytearray(helpers.encode(helpers.random_image(64, 64)))
     idat = png.index(b"IDAT") + 4
-    png[idat: idat + 2] = b"\xff\xff"  # a zlib stream header no decoder accepts
+    png[idat : idat + 2] = b"\xff\xff"  # a zlib stream header no decoder accepts
     error = refused(lambda: client.predict(bytes(png)), INVALID, "image")
     assert "corrupt or truncated PNG" in error.message
 
@@ -92,8 +94,9 @@ def test_tensor_data_of_the_wrong_length(client):
 
 @pytest.mark.parametrize("n_patches", [65, -1])
 def test_n_patches_out_of_range(client, helpers, n_patches):
-    error = refused(lambda: client.predict(helpers.random_image(64, 64), n_patches=n_patches),
-                    INVALID, "n_patches")
+    error = refused(
+        lambda: client.predict(helpers.random_image(64, 64), n_patches=n_patches), INVALID, "n_patches"
+    )
     assert str(n_patches) in error.message
 
 
@@ -109,8 +112,9 @@ def test_unknown_model(client, helpers):
 
 
 def test_unknown_version(client, helpers):
-    error = refused(lambda: client.predict(helpers.random_image(64, 64), version=7), NOT_FOUND,
-                    "model_version")
+    error = refused(
+        lambda: client.predict(helpers.random_image(64, 64), version=7), NOT_FOUND, "model_version"
+    )
     assert "ready: [1]" in error.message
 
 
@@ -148,15 +152,18 @@ def _raw_stream(target: str, messages: list[pb.PredictStreamRequest]) -> None:
 
 
 def test_stream_must_start_with_its_header(ats_server):
-    refused(lambda: _raw_stream(ats_server.target, [pb.PredictStreamRequest(chunk=b"\x89PNG")]),
-            INVALID, "header")
+    refused(
+        lambda: _raw_stream(ats_server.target, [pb.PredictStreamRequest(chunk=b"\x89PNG")]), INVALID, "header"
+    )
     refused(lambda: _raw_stream(ats_server.target, []), INVALID, "header")
 
 
 def test_stream_header_carries_no_pixels(ats_server, helpers):
     png = helpers.encode(helpers.random_image(64, 64))
-    messages = [pb.PredictStreamRequest(header=pb.PredictRequest(image=png)),
-                pb.PredictStreamRequest(chunk=png)]
+    messages = [
+        pb.PredictStreamRequest(header=pb.PredictRequest(image=png)),
+        pb.PredictStreamRequest(chunk=png),
+    ]
     refused(lambda: _raw_stream(ats_server.target, messages), INVALID, "header.image")
 
 

@@ -1,6 +1,7 @@
 """Server lifecycle with real processes: health following model readiness, a
 version swap under load, SIGTERM drain, capacity limits, deadlines and
 cancellation."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,11 @@ import shutil
 import signal
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from ats_client import AtsClient, AtsError
@@ -42,7 +44,9 @@ def place(source, destination) -> None:
     staging.rename(destination)
 
 
-def held_stream(header: pb.PredictRequest, payload: bytes, release: threading.Event) -> Iterator[pb.PredictStreamRequest]:
+def held_stream(
+    header: pb.PredictRequest, payload: bytes, release: threading.Event
+) -> Iterator[pb.PredictStreamRequest]:
     """A PredictStream upload that stops after its header until ``release`` is set."""
     yield pb.PredictStreamRequest(header=header)
     release.wait(60)
@@ -112,7 +116,9 @@ def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_mod
         wait_for(lambda: served and served[-1] == 2, what="version 2 served")
         shutil.move(repo / "tiny" / "1", tmp_path / "removed-1")
         with AtsClient(server.target) as client:
-            wait_for(lambda: versions(client) == [(2, pb.ModelVersionStatus.READY)], what="version 1 unloaded")
+            wait_for(
+                lambda: versions(client) == [(2, pb.ModelVersionStatus.READY)], what="version 1 unloaded"
+            )
         count = len(served)
         wait_for(lambda: len(served) >= count + 5, what="predictions after the swap")
     finally:
@@ -130,11 +136,17 @@ def test_sigterm_drains_in_flight_requests(start_server, make_repository, helper
     server = start_server(make_repository(), "--drain-delay", "6", "--grace-period", "30")
     release = threading.Event()
     png = helpers.encode(helpers.random_image(128, 128))
-    with grpc.insecure_channel(server.target) as channel, AtsClient(server.target, retries=0, timeout=2) as client:
+    with (
+        grpc.insecure_channel(server.target) as channel,
+        AtsClient(server.target, retries=0, timeout=2) as client,
+    ):
         call = pb_grpc.AttentionSamplingStub(channel).PredictStream.future(
-            held_stream(pb.PredictRequest(n_patches=3), png, release), timeout=60)
-        wait_for(lambda: helpers.metric(helpers.scrape(server.metrics_url), "ats_requests_in_flight") == 1,
-                 what="upload in flight")
+            held_stream(pb.PredictRequest(n_patches=3), png, release), timeout=60
+        )
+        wait_for(
+            lambda: helpers.metric(helpers.scrape(server.metrics_url), "ats_requests_in_flight") == 1,
+            what="upload in flight",
+        )
         server.process.send_signal(signal.SIGTERM)
         wait_for(lambda: health(client) == "NOT_SERVING", timeout=5, what="NOT_SERVING while draining")
         assert health(client, "tiny") == "NOT_SERVING"
@@ -177,20 +189,38 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository, helpe
         with pytest.raises(grpc.RpcError) as caught:
             stub.PredictStream(held_stream(header, png, never), timeout=1.0)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        wait_for(lambda: helpers.metric(scrape(), "ats_requests_total", rpc="PredictStream",
-                                        code="DEADLINE_EXCEEDED") == 1, timeout=10, what="deadline counted")
+        wait_for(
+            lambda: (
+                helpers.metric(scrape(), "ats_requests_total", rpc="PredictStream", code="DEADLINE_EXCEEDED")
+                == 1
+            ),
+            timeout=10,
+            what="deadline counted",
+        )
         # a cancelled call too
         cancelled = stub.PredictStream.future(held_stream(header, png, never), timeout=60)
         wait_for(lambda: helpers.metric(scrape(), "ats_requests_in_flight") == 1, what="upload started")
         cancelled.cancel()
-        wait_for(lambda: helpers.metric(scrape(), "ats_requests_total", rpc="PredictStream",
-                                        code="CANCELLED") == 1, timeout=10, what="cancellation counted")
+        wait_for(
+            lambda: (
+                helpers.metric(scrape(), "ats_requests_total", rpc="PredictStream", code="CANCELLED") == 1
+            ),
+            timeout=10,
+            what="cancellation counted",
+        )
         never.set()
         samples = scrape()
         assert helpers.metric(samples, "ats_stage_seconds_count", stage="decode") == decoded
         assert helpers.metric(samples, "ats_requests_in_flight") == 0
-        assert helpers.metric(samples, "grpc_server_handled_total", grpc_method="PredictStream",
-                              grpc_code="DEADLINE_EXCEEDED") == 1
+        assert (
+            helpers.metric(
+                samples,
+                "grpc_server_handled_total",
+                grpc_method="PredictStream",
+                grpc_code="DEADLINE_EXCEEDED",
+            )
+            == 1
+        )
 
 
 def test_health_watch_streams_the_drain(start_server, make_repository):
@@ -199,8 +229,9 @@ def test_health_watch_streams_the_drain(start_server, make_repository):
 
     server = start_server(make_repository(), "--drain-delay", "3")
     with grpc.insecure_channel(server.target) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="tiny"),
-                                                          timeout=60)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="tiny"), timeout=60
+        )
         seen = [next(watch).status]
         assert seen == [health_pb2.HealthCheckResponse.SERVING]
         server.process.send_signal(signal.SIGTERM)

@@ -1,6 +1,7 @@
 """The pipeline in process: stops between stages when the caller is gone,
 refuses bombs from the header, and takes any ImageSource (the plug for tile
 references) with the same result as the in-memory one."""
+
 from __future__ import annotations
 
 import struct
@@ -51,8 +52,12 @@ def test_real_decompression_bomb_is_refused_before_decoding():
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
     assert len(png) < 1 << 20
     with pytest.raises(TooLarge, match="144000000 pixels"):
         decode.decode_image(png, 1, LIMITS.max_image_pixels, LIMITS.max_image_bytes)
@@ -84,7 +89,7 @@ class RegionSource(sources.ImageSource):
         crops = []
         for y, x in offsets.numpy()[0]:
             self.regions_read += 1
-            crops.append(padded[pad + y: pad + y + ph, pad + x: pad + x + pw])
+            crops.append(padded[pad + y : pad + y + ph, pad + x : pad + x + pw])
         return tf.constant(np.stack(crops)[np.newaxis])
 
 

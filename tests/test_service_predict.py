@@ -1,6 +1,7 @@
 """Predictions through a real server process and the real client: every way to
 send an image, the response's content, and agreement with the model's own
 all-in-one ``predict_image`` signature."""
+
 from __future__ import annotations
 
 from concurrent import futures
@@ -8,10 +9,11 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from ats_api.v1 import attention_sampling_pb2 as pb
-from ats_client import AtsClient
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from ats_api.v1 import attention_sampling_pb2 as pb
+from ats_client import AtsClient
 
 STAGES = ["decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head", "total"]
 
@@ -27,8 +29,9 @@ def meta(client):
     return client.metadata()
 
 
-def check_response(response: pb.PredictResponse, meta: pb.ModelMetadata, height: int, width: int,
-                   n_patches: int) -> None:
+def check_response(
+    response: pb.PredictResponse, meta: pb.ModelMetadata, height: int, width: int, n_patches: int
+) -> None:
     """Everything a response promises, checked against the model's metadata."""
     assert (response.model_name, response.model_version) == ("tiny", 1)
     probabilities = np.array([p.probability for p in response.probabilities])
@@ -103,7 +106,9 @@ def test_patch_crops_are_the_image_pixels(client, helpers):
     padded = np.pad(pixels, ((64, 64), (64, 64), (0, 0)))  # outside the image is zeros
     for patch in response.patches:
         crop = np.frombuffer(patch.crop.data, np.uint8).reshape(tuple(patch.crop.shape))
-        expected = padded[64 + patch.y: 64 + patch.y + patch.height, 64 + patch.x: 64 + patch.x + patch.width]
+        expected = padded[
+            64 + patch.y : 64 + patch.y + patch.height, 64 + patch.x : 64 + patch.x + patch.width
+        ]
         np.testing.assert_array_equal(crop, expected)
 
 
@@ -118,12 +123,14 @@ def test_large_image_streams_by_itself(ats_server, client, meta, helpers, as_ten
     pixels = np.random.default_rng(7).integers(0, 256, size=(1500, 1500, 3), dtype=np.uint8)
     image = pixels if as_tensor else helpers.encode(pixels, compress_level=1)
     assert len(image if isinstance(image, bytes) else pixels.tobytes()) > 4 << 20
-    before = helpers.metric(helpers.scrape(ats_server.metrics_url), "ats_requests_total",
-                            rpc="PredictStream", code="OK")
+    before = helpers.metric(
+        helpers.scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
+    )
     response = client.predict(image, seed=3)
     check_response(response, meta, 1500, 1500, meta.n_patches)
-    after = helpers.metric(helpers.scrape(ats_server.metrics_url), "ats_requests_total",
-                           rpc="PredictStream", code="OK")
+    after = helpers.metric(
+        helpers.scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
+    )
     assert after == before + 1
 
 
@@ -144,7 +151,8 @@ def test_staged_server_path_equals_predict_image(client, tiny_model_dir, helpers
     """The server runs the stages one by one; the model's own predict_image
     signature must agree exactly for the same seed and mode."""
     import tensorflow as tf
-    from model_ops.python.ops.loader import load_op_library
+
+    from model_ops.op_library import load_op_library
 
     load_op_library()
     model = tf.saved_model.load(str(tiny_model_dir))
@@ -152,15 +160,24 @@ def test_staged_server_path_equals_predict_image(client, tiny_model_dir, helpers
     for mode, mode_id in (("sample", 0), ("top_k", 1)):
         response = client.predict(pixels, seed=21, mode=mode, n_patches=6)
         reference = model.signatures["predict_image"](
-            image=tf.constant(pixels), n_patches=tf.constant(6), seed=tf.constant(21, tf.int64),
-            mode=tf.constant(mode_id))
-        np.testing.assert_allclose([p.probability for p in response.probabilities],
-                                   reference["probabilities"].numpy(), rtol=1e-5, atol=1e-7)
+            image=tf.constant(pixels),
+            n_patches=tf.constant(6),
+            seed=tf.constant(21, tf.int64),
+            mode=tf.constant(mode_id),
+        )
+        np.testing.assert_allclose(
+            [p.probability for p in response.probabilities],
+            reference["probabilities"].numpy(),
+            rtol=1e-5,
+            atol=1e-7,
+        )
         np.testing.assert_array_equal([(p.y, p.x) for p in response.patches], reference["offsets"].numpy())
-        np.testing.assert_array_equal([(p.cell_y, p.cell_x) for p in response.patches],
-                                      reference["cells"].numpy())
-        np.testing.assert_allclose(np.array(response.attention.values).reshape(25, 30),
-                                   reference["attention"].numpy(), rtol=1e-5)
+        np.testing.assert_array_equal(
+            [(p.cell_y, p.cell_x) for p in response.patches], reference["cells"].numpy()
+        )
+        np.testing.assert_allclose(
+            np.array(response.attention.values).reshape(25, 30), reference["attention"].numpy(), rtol=1e-5
+        )
 
 
 def test_concurrent_requests_get_their_own_answers(client, helpers):

@@ -1,10 +1,11 @@
 """``ats-serve`` with no repository flag serves the shipped model, and it reads
 Megapixel-digits canvases sent through the real client."""
+
 from __future__ import annotations
 
 import pytest
-from ats_client import AtsClient
 
+from ats_client import AtsClient
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 
 pytestmark = pytest.mark.slow

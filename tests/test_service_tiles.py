@@ -1,7 +1,9 @@
 """``ats-serve --data-root`` turns tile references on in the real server process."""
+
 from __future__ import annotations
 
 import pytest
+
 from ats_client import AtsClient
 
 pytestmark = pytest.mark.slow

@@ -6,6 +6,7 @@ level made by the same area resampling whose size is the view's exactly (the
 generator's pyramids are exact area means). Other levels lose detail the
 view still had, so they are held to a bounded difference instead.
 """
+
 from __future__ import annotations
 
 import io
@@ -123,7 +124,12 @@ def test_patches_read_exactly_the_tiles_they_touch(root: pathlib.Path) -> None:
     assert 0 < opened < 8192  # the rest is the structure tifffile parsed on open
     again = opener(TileRef("square.tif"), 1, LIMITS)
     again.patches(offsets, PATCH)
-    assert again.read_stats.as_dict() == {"bytes_read": 0, "tiles_decoded": 0, "cache_hits": 6, "cache_misses": 0}
+    assert again.read_stats.as_dict() == {
+        "bytes_read": 0,
+        "tiles_decoded": 0,
+        "cache_hits": 6,
+        "cache_misses": 0,
+    }
     assert opener.totals.as_dict()["bytes_read"] == stats["bytes_read"]
 
 
@@ -150,8 +156,9 @@ def rgb_pyramid(path: pathlib.Path, ome: bool, compression: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("ome, compression", [(True, "zlib"), (False, "jpeg")])
-def test_rgb_ome_and_bigtiff_pyramids_read_as_tifffile_decodes(tmp_path: pathlib.Path, ome: bool,
-                                                                compression: str) -> None:
+def test_rgb_ome_and_bigtiff_pyramids_read_as_tifffile_decodes(
+    tmp_path: pathlib.Path, ome: bool, compression: str
+) -> None:
     rgb_pyramid(tmp_path / "image.tif", ome, compression)
     decoded = tifffile.imread(tmp_path / "image.tif")  # tifffile's own full decode
     opener = TileOpener(str(tmp_path), 32 << 20)
@@ -175,8 +182,9 @@ def test_rgb_png_converts_to_gray_as_uploads_do(tmp_path: pathlib.Path) -> None:
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
     uploaded = decode_image((tmp_path / "rgb.png").read_bytes(), 1, 10**9, 10**9)
-    check_same(TileOpener(str(tmp_path), 1 << 20)(TileRef("rgb.png"), 1, LIMITS), InMemorySource(uploaded),
-               (37, 50))
+    check_same(
+        TileOpener(str(tmp_path), 1 << 20)(TileRef("rgb.png"), 1, LIMITS), InMemorySource(uploaded), (37, 50)
+    )
 
 
 def test_jpeg_full_resolution_equals_upload_and_draft_view_is_close(root: pathlib.Path) -> None:
@@ -212,9 +220,12 @@ def test_counters_follow_the_totals(root: pathlib.Path) -> None:
         source.patches(offsets_for((1600, 1600)), PATCH)
     totals = opener.totals.as_dict()
     assert totals["cache_hits"] > 0 and totals["cache_misses"] > 0
-    for field, metric in (("bytes_read", "ats_tile_bytes_read_total"), ("tiles_decoded", "ats_tiles_decoded_total"),
-                          ("cache_hits", "ats_tile_cache_hits_total"),
-                          ("cache_misses", "ats_tile_cache_misses_total")):
+    for field, metric in (
+        ("bytes_read", "ats_tile_bytes_read_total"),
+        ("tiles_decoded", "ats_tiles_decoded_total"),
+        ("cache_hits", "ats_tile_cache_hits_total"),
+        ("cache_misses", "ats_tile_cache_misses_total"),
+    ):
         assert registry.get_sample_value(metric) == totals[field], field
 
 
@@ -226,8 +237,12 @@ def test_stripped_tiff_and_sparse_tiles(tmp_path: pathlib.Path) -> None:
     check_same(TileOpener(str(tmp_path), 1 << 20)(TileRef("strips.tif"), 1, LIMITS), memory, (30, 25))
     buffer = io.BytesIO()
     with tifffile.TiffWriter(buffer) as tif:  # tiles never written are zeros
-        tif.write(iter([np.full((64, 64), 9, np.uint8)] + [None] * 3), shape=(128, 128), dtype=np.uint8,
-                  tile=(64, 64))
+        tif.write(
+            iter([np.full((64, 64), 9, np.uint8)] + [None] * 3),
+            shape=(128, 128),
+            dtype=np.uint8,
+            tile=(64, 64),
+        )
     (tmp_path / "sparse.tif").write_bytes(buffer.getvalue())
     source = TileOpener(str(tmp_path), 1 << 20)(TileRef("sparse.tif"), 1, LIMITS)
     crop = source.patches(tf.constant([[[32, 32]]], tf.int32), (64, 64)).numpy()[0, 0, ..., 0]

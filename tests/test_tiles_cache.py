@@ -1,5 +1,6 @@
 """The shared decoded-tile cache: LRU by bytes, bounded, thread-safe, one
 decode per tile however many requests want it at once."""
+
 from __future__ import annotations
 
 import threading
@@ -92,11 +93,16 @@ def test_many_threads_keep_the_byte_budget() -> None:
 def test_read_stats_add_up_across_threads() -> None:
     request, totals = ReadStats(), ReadStats()
     recorder = Recorder(request, totals, None)
-    threads = [threading.Thread(target=lambda: [recorder.record(bytes_read=3, cache_hits=1) for _ in range(1000)])
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: [recorder.record(bytes_read=3, cache_hits=1) for _ in range(1000)])
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert request.as_dict() == totals.as_dict() == {"bytes_read": 12000, "tiles_decoded": 0, "cache_hits": 4000,
-                                                     "cache_misses": 0}
+    assert (
+        request.as_dict()
+        == totals.as_dict()
+        == {"bytes_read": 12000, "tiles_decoded": 0, "cache_hits": 4000, "cache_misses": 0}
+    )

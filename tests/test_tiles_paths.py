@@ -1,6 +1,7 @@
 """Tile references are confined to the data root: every way out is refused
 with the documented status, checked on real files, symlinks, FIFOs, device
 nodes and sockets made in a temporary root."""
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,9 @@ def test_relative_and_absolute_paths_inside_the_root_open(tree: pathlib.Path) ->
             os.close(file.fd)
 
 
-@pytest.mark.parametrize("reference", ["../outside/secret.tif", "sub/../image.tif", "..", "sub/../../outside"])
+@pytest.mark.parametrize(
+    "reference", ["../outside/secret.tif", "sub/../image.tif", "..", "sub/../../outside"]
+)
 def test_dot_dot_is_denied(tree: pathlib.Path, reference: str) -> None:
     assert isinstance(refusal(tree / "root", reference), PermissionDenied)
 
@@ -106,7 +109,9 @@ def test_directory_and_empty_path_are_invalid(tree: pathlib.Path) -> None:
     assert isinstance(refusal(tree / "root", "a\0b"), InvalidInput)
 
 
-@pytest.mark.parametrize("url", ["http://example.org/slide.svs", "s3://bucket/slide.tif", "file:///etc/passwd"])
+@pytest.mark.parametrize(
+    "url", ["http://example.org/slide.svs", "s3://bucket/slide.tif", "file:///etc/passwd"]
+)
 def test_remote_urls_are_refused_with_a_clear_message(tree: pathlib.Path, url: str) -> None:
     error = refusal(tree / "root", url)
     assert isinstance(error, Unsupported) and error.code == "UNIMPLEMENTED"
@@ -145,10 +150,21 @@ def test_non_images_are_invalid(tree: pathlib.Path) -> None:
 def test_unsupported_tiff_content_is_invalid(tree: pathlib.Path) -> None:
     root = tree / "root"
     tifffile.imwrite(root / "u16.tif", np.zeros((64, 64), np.uint16), tile=(32, 32))
-    tifffile.imwrite(root / "planes.tif", np.zeros((4, 64, 64), np.uint8), tile=(32, 32), photometric="minisblack")
-    tifffile.imwrite(root / "separate.tif", np.zeros((3, 64, 64), np.uint8), tile=(32, 32), photometric="rgb",
-                     planarconfig="separate")
-    for name, expected in (("u16.tif", "uint8"), ("planes.tif", "several planes"), ("separate.tif", "separate")):
+    tifffile.imwrite(
+        root / "planes.tif", np.zeros((4, 64, 64), np.uint8), tile=(32, 32), photometric="minisblack"
+    )
+    tifffile.imwrite(
+        root / "separate.tif",
+        np.zeros((3, 64, 64), np.uint8),
+        tile=(32, 32),
+        photometric="rgb",
+        planarconfig="separate",
+    )
+    for name, expected in (
+        ("u16.tif", "uint8"),
+        ("planes.tif", "several planes"),
+        ("separate.tif", "separate"),
+    ):
         with pytest.raises(InvalidInput, match=expected):
             open_ref(root, name)
 
@@ -162,7 +178,9 @@ def test_level_that_does_not_exist_is_invalid(tree: pathlib.Path) -> None:
 
 def test_untiled_image_too_large_for_its_view_is_refused(tree: pathlib.Path) -> None:
     tifffile.imwrite(tree / "root" / "flat.tif", np.zeros((3000, 2000), np.uint8), rowsperstrip=16)
-    refusing = TileOpener(str(tree / "root"), 1 << 20)(TileRef("flat.tif"), 1, SourceLimits(1_000_000, 1 << 30))
+    refusing = TileOpener(str(tree / "root"), 1 << 20)(
+        TileRef("flat.tif"), 1, SourceLimits(1_000_000, 1 << 30)
+    )
     with pytest.raises(TooLarge, match="no pyramid level"):
         refusing.low_view((150, 100))
     # within the limit the view is made from level 0, strip by strip

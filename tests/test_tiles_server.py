@@ -1,6 +1,7 @@
 """Tile references end to end: a real gRPC server (the ats-serve Server, in
 this process, on loopback) and the real client. A slide referenced by path
 and the same pixels uploaded give the same prediction for the same seed."""
+
 from __future__ import annotations
 
 import pathlib
@@ -12,10 +13,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-from ats_client import AtsClient, AtsError
+from conftest import TINY_MODEL, free_port
 from prometheus_client import CollectorRegistry
 
-from conftest import TINY_MODEL, free_port
+from ats_client import AtsClient, AtsError
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 from model_ops.datasets.writers import write_png, write_tiff
 from service.config import Config
@@ -35,8 +36,16 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Pat
     write_tiff(layout, root / "canvas.tif")
     write_png(layout, root / "canvas.png")
     (root / "notes.txt").write_text("not an image")
-    config = Config(model_repository=str(repository), host="127.0.0.1", port=free_port(), metrics_port=free_port(),
-                    poll_interval=0, drain_delay=0, grace_period=5, data_root=str(root))
+    config = Config(
+        model_repository=str(repository),
+        host="127.0.0.1",
+        port=free_port(),
+        metrics_port=free_port(),
+        poll_interval=0,
+        drain_delay=0,
+        grace_period=5,
+        data_root=str(root),
+    )
     server = Server(config, CollectorRegistry())  # enables tile sources from config.data_root
     server.start()
     try:
@@ -67,16 +76,24 @@ def test_tile_reference_predicts_as_the_uploaded_pixels(served, path: str) -> No
         referenced = client.predict_tile(path, seed=seed, n_patches=6)
         assert (referenced.image_height, referenced.image_width) == (1600, 1600)
         assert [(p.y, p.x) for p in referenced.patches] == [(p.y, p.x) for p in uploaded.patches]
-        np.testing.assert_allclose([p.probability for p in referenced.probabilities],
-                                   [p.probability for p in uploaded.probabilities], rtol=1e-6)
+        np.testing.assert_allclose(
+            [p.probability for p in referenced.probabilities],
+            [p.probability for p in uploaded.probabilities],
+            rtol=1e-6,
+        )
         np.testing.assert_array_equal(referenced.attention.values, uploaded.attention.values)
 
 
 def test_refusals_carry_their_status_codes(served) -> None:
     client, *_ = served
-    cases = {("../outside.tif", None): "PERMISSION_DENIED", ("/etc/hostname", None): "PERMISSION_DENIED",
-             ("missing.tif", None): "NOT_FOUND", ("notes.txt", None): "INVALID_ARGUMENT",
-             ("canvas.tif", 9): "INVALID_ARGUMENT", ("https://example.org/a.svs", None): "UNIMPLEMENTED"}
+    cases = {
+        ("../outside.tif", None): "PERMISSION_DENIED",
+        ("/etc/hostname", None): "PERMISSION_DENIED",
+        ("missing.tif", None): "NOT_FOUND",
+        ("notes.txt", None): "INVALID_ARGUMENT",
+        ("canvas.tif", 9): "INVALID_ARGUMENT",
+        ("https://example.org/a.svs", None): "UNIMPLEMENTED",
+    }
     for (path, level), code in cases.items():
         with pytest.raises(AtsError) as info:
             client.predict_tile(path, level=level)
@@ -88,8 +105,11 @@ def test_tile_reads_reach_the_prometheus_counters(served) -> None:
     client, *_, metrics_url, _ = served
     client.predict_tile("canvas.tif", level=0, seed=3)
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-              if line.startswith("ats_tile") and not line.startswith("#")}
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("ats_tile") and not line.startswith("#")
+    }
     assert values["ats_tile_bytes_read_total"] > 0 and values["ats_tiles_decoded_total"] > 0
     assert values["ats_tile_cache_misses_total"] > 0
 
@@ -97,11 +117,27 @@ def test_tile_reads_reach_the_prometheus_counters(served) -> None:
 def test_cli_predicts_a_tile_reference(served) -> None:
     client, *_ = served
     target = client.target
-    done = subprocess.run([sys.executable, "-m", "ats_client.cli", "predict", "canvas.tif", "--tile",
-                           "--seed", "3", "--n-patches", "6", "--server", target, "--json"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ats_client.cli",
+            "predict",
+            "canvas.tif",
+            "--tile",
+            "--seed",
+            "3",
+            "--n-patches",
+            "6",
+            "--server",
+            target,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     expected = client.predict_tile("canvas.tif", seed=3, n_patches=6)
     assert f'"label": "{expected.label}"' in done.stdout
     assert '"image_height": 1600' in done.stdout
-

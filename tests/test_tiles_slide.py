@@ -1,5 +1,6 @@
 """Vendor slides through OpenSlide: an Aperio SVS written here (deflate tiles,
 so pixels are exact) read through the tile interface."""
+
 from __future__ import annotations
 
 import pathlib
@@ -23,10 +24,18 @@ def write_svs(path: pathlib.Path, levels: list[np.ndarray]) -> None:
     height, width = levels[0].shape[:2]
     with tifffile.TiffWriter(path) as tif:
         for pixels in levels:
-            description = (f"Aperio Image Library v12.0.0\r\n{width}x{height} [0,0 {width}x{height}] "
-                           f"(256x256) -> {pixels.shape[1]}x{pixels.shape[0]}|AppMag = 20|MPP = 0.5")
-            tif.write(pixels, tile=(256, 256), compression="zlib", photometric="rgb", description=description,
-                      metadata=None)
+            description = (
+                f"Aperio Image Library v12.0.0\r\n{width}x{height} [0,0 {width}x{height}] "
+                f"(256x256) -> {pixels.shape[1]}x{pixels.shape[0]}|AppMag = 20|MPP = 0.5"
+            )
+            tif.write(
+                pixels,
+                tile=(256, 256),
+                compression="zlib",
+                photometric="rgb",
+                description=description,
+                metadata=None,
+            )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """``ats-train`` end to end on a tiny budget: stages, logs, pictures, export, resume."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def test_exported_model_runs(run):
     assert metadata.name == "megapixel-digits" and metadata.patch_size == [50, 50]
     assert metadata.low_scale == 0.12 and metadata.n_patches == 10 and metadata.replace is False
     image = np.zeros((1500, 1500, 1), np.uint8)
-    out = model.signatures["predict_image"](image=image, n_patches=tf.constant(20), seed=tf.constant(0, tf.int64),
-                                            mode=tf.constant(MODE_TOP_K))
+    out = model.signatures["predict_image"](
+        image=image, n_patches=tf.constant(20), seed=tf.constant(0, tf.int64), mode=tf.constant(MODE_TOP_K)
+    )
     assert out["attention"].shape == (180, 180) and out["offsets"].shape == (20, 2)
 
 
@@ -56,7 +58,18 @@ def test_resume_skips_finished_stages(run, capsys):
 @pytest.mark.slow
 def test_resume_with_other_arguments_is_refused(run):
     with pytest.raises(SystemExit, match="recipe.json"):
-        main(["megapixel-digits", "--scale", "0.02", "--batch-size", "8", "--run-dir", str(run / "run"), "--resume"])
+        main(
+            [
+                "megapixel-digits",
+                "--scale",
+                "0.02",
+                "--batch-size",
+                "8",
+                "--run-dir",
+                str(run / "run"),
+                "--resume",
+            ]
+        )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """Pretraining supervision, recipe scaling, the stage metric, the run folder's resume, and the pictures."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ def test_crops_without_jitter_hold_their_object():
         for k, i in enumerate(digits):
             crop = crops[canvas * 12 + k, ..., 0]
             assert labels[canvas * 12 + k] == layout.classes[i]
-            np.testing.assert_array_equal(crop[start:start + DIGIT_SIZE, start:start + DIGIT_SIZE],
-                                          layout.sprites[i])
+            np.testing.assert_array_equal(
+                crop[start : start + DIGIT_SIZE, start : start + DIGIT_SIZE], layout.sprites[i]
+            )
 
 
 def test_crops_are_deterministic_and_jittered():
@@ -59,7 +61,9 @@ def test_low_views_are_the_lowres_function():
     views = curriculum.low_views(layouts, SPEC.low_shape, chunk=2)
     assert views.shape == (3, 180, 180, 1) and views.dtype == np.uint8
     for layout, view in zip(layouts, views):
-        np.testing.assert_array_equal(view, np.asarray(low_resolution_view(render_canvas(layout), (180, 180))))
+        np.testing.assert_array_equal(
+            view, np.asarray(low_resolution_view(render_canvas(layout), (180, 180)))
+        )
 
 
 def test_top_cell_metric():
@@ -89,8 +93,15 @@ def test_curves_and_attention_pictures(tmp_path):
     assert Image.open(tmp_path / "curves.png").size == (2 * 520, 340)
     canvas = render_canvas(make_layout(SPEC, "test", 0, 0))
     attention = np.random.default_rng(0).random((180, 180))
-    plot_attention([canvas, canvas], [attention, attention], [np.array([[100, 200]])] * 2, (50, 50),
-                   ["a", "b"], tmp_path / "attention.png", side=300)
+    plot_attention(
+        [canvas, canvas],
+        [attention, attention],
+        [np.array([[100, 200]])] * 2,
+        (50, 50),
+        ["a", "b"],
+        tmp_path / "attention.png",
+        side=300,
+    )
     picture = np.asarray(Image.open(tmp_path / "attention.png"))
     assert picture.shape == (2 * 320, 610, 3)
     assert (picture[..., 1] == 255).any() and (picture[..., 0] == 0).any()  # green boxes drawn

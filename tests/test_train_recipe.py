@@ -1,4 +1,5 @@
 """The fine-tune's schedule and canvases, and which recipe changes a resumed run accepts."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ def test_cosine_decay_goes_from_base_to_floor():
 
 def test_resumed_epoch_draws_the_canvases_of_that_epoch():
     """Keras restarts a resumed fit at epoch k; the canvases must be epoch k's, not epoch 0's again."""
+
     def batches() -> CanvasBatches:
         return CanvasBatches(CanvasSpec(), "train", 1, n_canvases=4, batch_size=4, fresh_each_epoch=True)
 

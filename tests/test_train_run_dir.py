@@ -1,4 +1,5 @@
 """An interrupted stage resumes from its last finished epoch, with one continuous CSV log and clock."""
+
 from __future__ import annotations
 
 import csv

@@ -1,16 +1,17 @@
 """``ats-client``: predict on an image, list the models, check health.
 
-    ats-client predict IMAGE [--server HOST:PORT] [--model NAME] [--overlay out.png] [--json]
-    ats-client models [--server HOST:PORT] [--json]
-    ats-client health [--server HOST:PORT] [--service NAME]   (exit 0 only when SERVING)
+ats-client predict IMAGE [--server HOST:PORT] [--model NAME] [--overlay out.png] [--json]
+ats-client models [--server HOST:PORT] [--json]
+ats-client health [--server HOST:PORT] [--service NAME]   (exit 0 only when SERVING)
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf import json_format
@@ -23,14 +24,20 @@ from ats_client.overlay import write_overlay
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ats-client", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", default=os.environ.get("ATS_SERVER", "localhost:8500"),
-                        help="HOST:PORT of the server [ATS_SERVER, default localhost:8500]")
+    common.add_argument(
+        "--server",
+        default=os.environ.get("ATS_SERVER", "localhost:8500"),
+        help="HOST:PORT of the server [ATS_SERVER, default localhost:8500]",
+    )
     common.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", parents=[common], help="classify an image")
     predict.add_argument("image", help="PNG, JPEG, TIFF or WebP file; with --tile, a path on the server")
-    predict.add_argument("--tile", action="store_true",
-                         help="IMAGE names a (tiled) image under the server's --data-root: no pixels are sent")
+    predict.add_argument(
+        "--tile",
+        action="store_true",
+        help="IMAGE names a (tiled) image under the server's --data-root: no pixels are sent",
+    )
     predict.add_argument("--level", type=int, default=None, help="with --tile: pyramid level hint")
     predict.add_argument("--model", default="", help="model name (default: the server's default)")
     predict.add_argument("--version", type=int, default=0, help="model version (default: latest)")
@@ -47,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_prediction(response) -> None:
-    print(f"model {response.model_name} v{response.model_version}: {response.label} "
-          f"(class {response.class_index})")
+    print(
+        f"model {response.model_name} v{response.model_version}: {response.label} "
+        f"(class {response.class_index})"
+    )
     for p in sorted(response.probabilities, key=lambda p: -p.probability):
         print(f"  {p.name:>12s}  {p.probability:.4f}")
     print(f"patches (x, y, width, height, attention) of {response.image_width}x{response.image_height}:")
@@ -58,8 +67,14 @@ def _print_prediction(response) -> None:
 
 
 def _predict(client: AtsClient, args: argparse.Namespace) -> int:
-    options = dict(model=args.model, version=args.version, n_patches=args.n_patches, seed=args.seed,
-                   mode=args.mode, attention_map=True)
+    options = dict(
+        model=args.model,
+        version=args.version,
+        n_patches=args.n_patches,
+        seed=args.seed,
+        mode=args.mode,
+        attention_map=True,
+    )
     if args.tile:
         response = client.predict_tile(args.image, level=args.level, **options)
     else:
@@ -85,8 +100,10 @@ def _models(client: AtsClient, args: argparse.Namespace) -> int:
         return 0
     for model in listing.models:
         default = " (default)" if model.name == listing.default_model else ""
-        print(f"{model.name}{default}: {len(model.classes)} classes, patch {list(model.patch_size)}, "
-              f"{model.n_patches} patches (max {model.max_patches}), low scale {model.low_scale:g}")
+        print(
+            f"{model.name}{default}: {len(model.classes)} classes, patch {list(model.patch_size)}, "
+            f"{model.n_patches} patches (max {model.max_patches}), low scale {model.low_scale:g}"
+        )
         for version in model.versions:
             state = type(version).State.Name(version.state)
             print(f"  version {version.version}: {state} {version.message}".rstrip())

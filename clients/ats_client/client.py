@@ -5,20 +5,23 @@ Requests larger than a unary message may be (gRPC's default receive limit is
 fail with UNAVAILABLE (server starting, restarting, or draining behind a
 balancer) are retried with exponential backoff.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import time
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import numpy as np
-from ats_api.v1 import attention_sampling_pb2 as pb
-from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from google.rpc import error_details_pb2
+
+from ats_api.v1 import attention_sampling_pb2 as pb
+from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 
 MiB = 1 << 20
 # Room for everything in a request besides its pixels (options, names, a tile path):
@@ -39,7 +42,7 @@ class AtsError(Exception):
         self.fields = fields
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError) -> "AtsError":
+    def from_rpc_error(cls, error: grpc.RpcError) -> AtsError:
         fields: dict[str, str] = {}
         status = rpc_status.from_call(error)
         for detail in status.details if status is not None else ():
@@ -57,13 +60,23 @@ def tensor_message(pixels: np.ndarray, with_data: bool = True) -> pb.Tensor:
     dtypes = {np.dtype(np.uint8): pb.UINT8, np.dtype(np.uint16): pb.UINT16, np.dtype(np.float32): pb.FLOAT32}
     if pixels.dtype not in dtypes:
         raise TypeError(f"pixel arrays must be uint8 (or uint16/float32), not {pixels.dtype}")
-    return pb.Tensor(shape=pixels.shape, dtype=dtypes[pixels.dtype], data=pixels.tobytes() if with_data else b"")
+    return pb.Tensor(
+        shape=pixels.shape, dtype=dtypes[pixels.dtype], data=pixels.tobytes() if with_data else b""
+    )
 
 
 class AtsClient:
-    def __init__(self, target: str = "localhost:8500", *, timeout: float | None = 60.0, retries: int = 4,
-                 backoff: float = 0.25, max_message_bytes: int = 64 * MiB, stream_threshold: int = 4 * MiB,
-                 chunk_bytes: int = 1 * MiB) -> None:
+    def __init__(
+        self,
+        target: str = "localhost:8500",
+        *,
+        timeout: float | None = 60.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        max_message_bytes: int = 64 * MiB,
+        stream_threshold: int = 4 * MiB,
+        chunk_bytes: int = 1 * MiB,
+    ) -> None:
         """``stream_threshold``: request size beyond which ``PredictStream`` is used;
         ``timeout``: default deadline per call in seconds (None: none)."""
         self.target = target
@@ -72,25 +85,39 @@ class AtsClient:
         self.backoff = backoff
         self.stream_threshold = stream_threshold
         self.chunk_bytes = chunk_bytes
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
         self._stub = pb_grpc.AttentionSamplingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "AtsClient":
+    def __enter__(self) -> AtsClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- calls -------------------------------------------------------------
-    def predict(self, image: ImageLike, *, model: str = "", version: int = 0, n_patches: int = 0,
-                seed: int | None = None, mode: str = "sample", attention_map: bool = True,
-                patch_crops: bool = False, timeout: float | None = None) -> pb.PredictResponse:
+    def predict(
+        self,
+        image: ImageLike,
+        *,
+        model: str = "",
+        version: int = 0,
+        n_patches: int = 0,
+        seed: int | None = None,
+        mode: str = "sample",
+        attention_map: bool = True,
+        patch_crops: bool = False,
+        timeout: float | None = None,
+    ) -> pb.PredictResponse:
         """Classify ``image``: a file path, encoded bytes (PNG, JPEG, TIFF, WebP),
         or an (H, W[, C]) uint8 array. Raises ``AtsError``."""
         request = self._request(model, version, n_patches, seed, mode, attention_map, patch_crops)
@@ -105,10 +132,20 @@ class AtsClient:
             size = len(image)
         return self._send(request, timeout, streaming=size > self.stream_threshold - _OPTIONS_MARGIN)
 
-    def predict_tile(self, path: str, *, level: int | None = None, model: str = "", version: int = 0,
-                     n_patches: int = 0, seed: int | None = None, mode: str = "sample",
-                     attention_map: bool = True, patch_crops: bool = False,
-                     timeout: float | None = None) -> pb.PredictResponse:
+    def predict_tile(
+        self,
+        path: str,
+        *,
+        level: int | None = None,
+        model: str = "",
+        version: int = 0,
+        n_patches: int = 0,
+        seed: int | None = None,
+        mode: str = "sample",
+        attention_map: bool = True,
+        patch_crops: bool = False,
+        timeout: float | None = None,
+    ) -> pb.PredictResponse:
         """Classify an image stored on the server, relative to its --data-root."""
         request = self._request(model, version, n_patches, seed, mode, attention_map, patch_crops)
         request.tile.path = path
@@ -131,7 +168,9 @@ class AtsClient:
         return self._call(lambda: self._stub.GetModelMetadata(request, timeout=timeout or self.timeout))
 
     def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
-        return self._call(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self.timeout))
+        return self._call(
+            lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self.timeout)
+        )
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health status name ("SERVING", "NOT_SERVING", ...) of ``service``
@@ -142,11 +181,22 @@ class AtsClient:
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
-    def _request(model: str, version: int, n_patches: int, seed: int | None, mode: str,
-                 attention_map: bool, patch_crops: bool) -> pb.PredictRequest:
+    def _request(
+        model: str,
+        version: int,
+        n_patches: int,
+        seed: int | None,
+        mode: str,
+        attention_map: bool,
+        patch_crops: bool,
+    ) -> pb.PredictRequest:
         request = pb.PredictRequest(
-            model_name=model, model_version=version, n_patches=n_patches, mode=pb.SamplingMode.Value(mode.upper()),
-            output=pb.OutputOptions(include_attention_map=attention_map, include_patch_crops=patch_crops))
+            model_name=model,
+            model_version=version,
+            n_patches=n_patches,
+            mode=pb.SamplingMode.Value(mode.upper()),
+            output=pb.OutputOptions(include_attention_map=attention_map, include_patch_crops=patch_crops),
+        )
         if seed is not None:
             request.seed = seed
         return request
@@ -164,7 +214,7 @@ class AtsClient:
         yield pb.PredictStreamRequest(header=header)
         view = memoryview(data)
         for start in range(0, len(data), self.chunk_bytes):
-            yield pb.PredictStreamRequest(chunk=bytes(view[start:start + self.chunk_bytes]))
+            yield pb.PredictStreamRequest(chunk=bytes(view[start : start + self.chunk_bytes]))
 
     def _call(self, call: Callable[[], T]) -> T:
         """Run ``call``, retrying UNAVAILABLE with jittered exponential backoff."""
@@ -175,5 +225,5 @@ class AtsClient:
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retries:
                     raise AtsError.from_rpc_error(error) from None
-            time.sleep(self.backoff * 2 ** attempt * random.uniform(0.5, 1.5))
+            time.sleep(self.backoff * 2**attempt * random.uniform(0.5, 1.5))
             attempt += 1

@@ -1,12 +1,14 @@
 """Overlay picture: the attention map as a heat map over the image, with the
 boxes of the patches the model looked at."""
+
 from __future__ import annotations
 
 import os
 
 import numpy as np
-from ats_api.v1 import attention_sampling_pb2 as pb
 from PIL import Image, ImageDraw
+
+from ats_api.v1 import attention_sampling_pb2 as pb
 
 
 def _cell_index(length: int, origin: float, step: float, cells: int) -> np.ndarray:
@@ -25,8 +27,12 @@ def attention_heat(response: pb.PredictResponse, height: int, width: int) -> np.
 
 def render_overlay(pixels: np.ndarray, response: pb.PredictResponse, strength: float = 0.6) -> Image.Image:
     """RGB picture of ``pixels`` (H, W[, C]) uint8 with heat map and patch boxes."""
-    rgb = np.asarray(Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[2] == 1
-                                     else pixels).convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(
+        Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).convert(
+            "RGB"
+        ),
+        dtype=np.float32,
+    )
     height, width = rgb.shape[:2]
     if response.attention.values:
         alpha = strength * attention_heat(response, height, width)[..., np.newaxis]
@@ -36,10 +42,16 @@ def render_overlay(pixels: np.ndarray, response: pb.PredictResponse, strength: f
     draw = ImageDraw.Draw(picture)
     line = max(1, round(max(height, width) / 500))
     for patch in response.patches:
-        draw.rectangle([patch.x, patch.y, patch.x + patch.width - 1, patch.y + patch.height - 1],
-                       outline=(0, 255, 0), width=line)
-    draw.text((4, 4), f"{response.label} ({max(p.probability for p in response.probabilities):.2f})",
-              fill=(255, 255, 0))
+        draw.rectangle(
+            [patch.x, patch.y, patch.x + patch.width - 1, patch.y + patch.height - 1],
+            outline=(0, 255, 0),
+            width=line,
+        )
+    draw.text(
+        (4, 4),
+        f"{response.label} ({max(p.probability for p in response.probabilities):.2f})",
+        fill=(255, 255, 0),
+    )
     return picture
 
 

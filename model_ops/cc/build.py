@@ -3,7 +3,7 @@
 Called by setup.py at install time and runnable by hand
 (``python model_ops/cc/build.py``). Writes ``model_ops/_patch_ops.so`` and
 ``model_ops/_build_info.json`` (what it was built against, read by
-``model_ops.python.ops.loader``). A custom op only runs under the exact
+``model_ops.op_library``). A custom op only runs under the exact
 TensorFlow it was compiled with, hence a build per install, not a shipped
 binary.
 
@@ -16,6 +16,7 @@ for in ``ATS_NVCC``, then ``PATH``, then ``$CUDA_HOME/bin``.
 ``ATS_CUDA_ARCHS`` (e.g. ``80,90``) sets the GPU architectures, ``CXX`` the
 C++ compiler.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -50,8 +51,7 @@ def op_library_version() -> str:
 def _run(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n"
-                         f"{proc.stdout}{proc.stderr}")
+        raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
     return proc.stdout + proc.stderr
 
 
@@ -62,7 +62,8 @@ def _find_cxx() -> str:
         raise BuildError(
             f"no C++ compiler '{name}' found: the patch op is compiled at install "
             "time. Install g++ (Debian/Ubuntu: apt-get install g++) or set CXX, then "
-            "run `pip install --no-build-isolation -e .` again.")
+            "run `pip install --no-build-isolation -e .` again."
+        )
     return path
 
 
@@ -104,8 +105,9 @@ def _select_nvcc(mode: str) -> tuple[str, str] | None:
     versions = [(c, v) for c, v in versions if v]
     if mode == "1":
         if not versions:
-            raise BuildError("ATS_BUILD_CUDA=1 but no nvcc found: install a CUDA 12 "
-                             "toolkit, or set ATS_NVCC or CUDA_HOME")
+            raise BuildError(
+                "ATS_BUILD_CUDA=1 but no nvcc found: install a CUDA 12 toolkit, or set ATS_NVCC or CUDA_HOME"
+            )
         return versions[0]
     if mode != "auto":
         raise BuildError(f"ATS_BUILD_CUDA must be 0, 1 or unset, got {mode!r}")
@@ -117,8 +119,9 @@ def _select_nvcc(mode: str) -> tuple[str, str] | None:
 
 def _toolkit_root(nvcc: str) -> pathlib.Path:
     """The toolkit nvcc belongs to, as nvcc reports it (nvcc may be a wrapper script)."""
-    dryrun = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                            capture_output=True, text=True).stderr
+    dryrun = subprocess.run(
+        [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull], capture_output=True, text=True
+    ).stderr
     match = re.search(r"^#\$ TOP=(.+)$", dryrun, re.MULTILINE)
     if match:
         return pathlib.Path(match.group(1).strip()).resolve()
@@ -143,8 +146,13 @@ def _cudart_link_flags(nvcc: str) -> list[str]:
     lib_dirs = _cuda_dirs(nvcc, "lib")
     for d in lib_dirs:
         if (d / "libcudart_static.a").exists():
-            return [str(d / "libcudart_static.a"), "-Wl,--exclude-libs,libcudart_static.a",
-                    "-lrt", "-ldl", "-lpthread"]
+            return [
+                str(d / "libcudart_static.a"),
+                "-Wl,--exclude-libs,libcudart_static.a",
+                "-lrt",
+                "-ldl",
+                "-lpthread",
+            ]
     for d in lib_dirs:
         shared = sorted(d.glob("libcudart.so*"))
         if shared:
@@ -157,12 +165,17 @@ def _cuda_archs(nvcc: str, tf_archs: list[str]) -> list[int]:
         wanted = [int(a) for a in re.split(r"[,; ]+", os.environ["ATS_CUDA_ARCHS"]) if a]
     else:
         wanted = [int(re.sub(r"\D", "", a)) for a in tf_archs] or [70, 80, 90]
-    supported = {int(a.split("_")[1]) for a in _run([nvcc, "--list-gpu-code"]).split()
-                 if a.startswith("sm_") and a.split("_")[1].isdigit()}
+    supported = {
+        int(a.split("_")[1])
+        for a in _run([nvcc, "--list-gpu-code"]).split()
+        if a.startswith("sm_") and a.split("_")[1].isdigit()
+    }
     archs = sorted({a for a in wanted if a >= MIN_CUDA_ARCH and a in supported})
     if not archs:
-        raise BuildError(f"no usable GPU architecture among {wanted} for {nvcc} "
-                         f"(needs >= sm_{MIN_CUDA_ARCH}); set ATS_CUDA_ARCHS")
+        raise BuildError(
+            f"no usable GPU architecture among {wanted} for {nvcc} "
+            f"(needs >= sm_{MIN_CUDA_ARCH}); set ATS_CUDA_ARCHS"
+        )
     return archs
 
 
@@ -171,14 +184,27 @@ def _compile_gpu(nvcc: str, archs: list[int], out_dir: pathlib.Path) -> pathlib.
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
     includes = [f"-I{d}" for d in _cuda_dirs(nvcc, "include")]
-    _run([nvcc, "-x", "cu", "-c", "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
-          *gencode, *includes, str(CC_DIR / "kernels" / "extract_patches_op_gpu.cu.cc"),
-          "-o", str(obj)])
+    _run(
+        [
+            nvcc,
+            "-x",
+            "cu",
+            "-c",
+            "-std=c++17",
+            "-O3",
+            "-Xcompiler",
+            "-fPIC",
+            *gencode,
+            *includes,
+            str(CC_DIR / "kernels" / "extract_patches_op_gpu.cu.cc"),
+            "-o",
+            str(obj),
+        ]
+    )
     return obj
 
 
-def _compile_cpu(cxx: str, flags: list[str], source: pathlib.Path, out_dir: pathlib.Path
-                 ) -> pathlib.Path:
+def _compile_cpu(cxx: str, flags: list[str], source: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     obj = out_dir / (source.stem + ".o")
     _run([cxx, "-c", "-O3", "-fPIC", *flags, *WARNING_FLAGS, str(source), "-o", str(obj)])
     return obj
@@ -188,8 +214,9 @@ def _compiler_version(cxx: str) -> str:
     return _run([cxx, "--version"]).splitlines()[0]
 
 
-def build_op_library(output_dir: pathlib.Path | str | None = None,
-                     cuda: str | None = None, verbose: bool = True) -> dict:
+def build_op_library(
+    output_dir: pathlib.Path | str | None = None, cuda: str | None = None, verbose: bool = True
+) -> dict:
     """Compile and link the op library; returns the build info also written as JSON.
 
     ``cuda`` is "0", "1" or "auto" and defaults to ``ATS_BUILD_CUDA`` (else auto).
@@ -204,17 +231,23 @@ def build_op_library(output_dir: pathlib.Path | str | None = None,
     if selected is not None:
         archs = _cuda_archs(selected[0], tf["cuda_archs"])
         cuda_include = os.path.join(tf["include"], "third_party", "gpus", "cuda", "include")
-        flags += ["-DGOOGLE_CUDA=1", f"-I{cuda_include}",
-                  *[f"-I{d}" for d in _cuda_dirs(selected[0], "include")]]
+        flags += [
+            "-DGOOGLE_CUDA=1",
+            f"-I{cuda_include}",
+            *[f"-I{d}" for d in _cuda_dirs(selected[0], "include")],
+        ]
         link += _cudart_link_flags(selected[0])
     link += tf["link_flags"]
     sources = sorted((CC_DIR / "ops").glob("*.cc")) + sorted(
-        s for s in (CC_DIR / "kernels").glob("*.cc") if not s.name.endswith(".cu.cc"))
+        s for s in (CC_DIR / "kernels").glob("*.cc") if not s.name.endswith(".cu.cc")
+    )
     if verbose:
         kind = f"CUDA {selected[1]} (sm_{', sm_'.join(map(str, archs))})" if selected else "CPU only"
         print(f"building {LIBRARY_NAME} for TensorFlow {tf['version']}, {kind}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp, \
-            concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+    ):
         tmp_dir = pathlib.Path(tmp)
         jobs = [pool.submit(_compile_cpu, cxx, flags, s, tmp_dir) for s in sources]
         if selected is not None:

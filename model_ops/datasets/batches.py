@@ -4,6 +4,7 @@ Each batch is rendered when asked for, so a data set of any length costs a
 batch of memory. ``x_low`` is made by ``model_ops.lowres.low_resolution_view``,
 the same function the exported model and the server use.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,16 @@ from model_ops.datasets.megapixel_digits import CanvasSpec, Layout, make_layout,
 class CanvasBatches(keras.utils.PyDataset):
     """``n_canvases`` canvases of one split in batches; optionally new canvases every epoch."""
 
-    def __init__(self, spec: CanvasSpec, split: str, seed: int, n_canvases: int, batch_size: int,
-                 fresh_each_epoch: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        spec: CanvasSpec,
+        split: str,
+        seed: int,
+        n_canvases: int,
+        batch_size: int,
+        fresh_each_epoch: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.spec, self.split, self.seed = spec, split, seed
         self.n_canvases, self.batch_size = n_canvases, batch_size

@@ -4,6 +4,7 @@ Train and test canvases must never share a digit instance, so the 1797
 images are split once, stratified by class and with a fixed seed, and each
 split only ever draws from its own half.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,7 @@ _TEST_FRACTION = 0.3
 _SPLIT_SEED = 20190609
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -33,7 +34,7 @@ def _upscale(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(big)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_digit_sprites(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(sprites (n, 28, 28) uint8, labels (n,) int64)`` of one split.
 

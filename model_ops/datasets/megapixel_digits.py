@@ -12,6 +12,7 @@ Since objects never overlap, every pixel belongs to at most one object and a
 region's area-downsampled pixels are sums of per-object block sums: pyramid
 levels are rendered exactly without ever rendering level 0.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,7 +103,9 @@ def make_layout(spec: CanvasSpec, split: str, seed: int, index: int) -> Layout:
     n = len(digit_classes) + spec.n_noise
     ys, xs = _place(rng, n, spec.height, spec.width)
     classes = np.concatenate([digit_classes, np.full(spec.n_noise, NOISE)])
-    all_sprites = np.stack(digit_sprites + noise_sprites) if n else np.zeros((0, DIGIT_SIZE, DIGIT_SIZE), np.uint8)
+    all_sprites = (
+        np.stack(digit_sprites + noise_sprites) if n else np.zeros((0, DIGIT_SIZE, DIGIT_SIZE), np.uint8)
+    )
     return Layout(spec.height, spec.width, target, ys, xs, classes, all_sprites)
 
 
@@ -126,10 +129,12 @@ def _add_clipped(acc: np.ndarray, block: np.ndarray, y: int, x: int) -> None:
     y0, x0 = max(y, 0), max(x, 0)
     y1, x1 = min(y + block.shape[0], acc.shape[0]), min(x + block.shape[1], acc.shape[1])
     if y0 < y1 and x0 < x1:
-        acc[y0:y1, x0:x1] += block[y0 - y:y1 - y, x0 - x:x1 - x]
+        acc[y0:y1, x0:x1] += block[y0 - y : y1 - y, x0 - x : x1 - x]
 
 
-def render_region(layout: Layout, top: int, left: int, height: int, width: int, factor: int = 1) -> np.ndarray:
+def render_region(
+    layout: Layout, top: int, left: int, height: int, width: int, factor: int = 1
+) -> np.ndarray:
     """Pixels ``[top:top+height, left:left+width]`` of the canvas downsampled by ``factor``.
 
     ``factor=1`` is the full-resolution canvas; ``factor=f`` is the exact area
@@ -141,8 +146,12 @@ def render_region(layout: Layout, top: int, left: int, height: int, width: int, 
         raise ValueError("factor must be >= 1 and the region size non-negative")
     y_lo, y_hi = top * factor, (top + height) * factor
     x_lo, x_hi = left * factor, (left + width) * factor
-    hits = np.flatnonzero((layout.ys < y_hi) & (layout.ys + DIGIT_SIZE > y_lo)
-                          & (layout.xs < x_hi) & (layout.xs + DIGIT_SIZE > x_lo))
+    hits = np.flatnonzero(
+        (layout.ys < y_hi)
+        & (layout.ys + DIGIT_SIZE > y_lo)
+        & (layout.xs < x_hi)
+        & (layout.xs + DIGIT_SIZE > x_lo)
+    )
     if factor == 1:
         out = np.zeros((height, width), dtype=np.uint8)
         for i in hits:

@@ -4,6 +4,7 @@ A stroke is a short polyline of one to three segments, drawn with varying
 width and brightness, so that at the 0.12 low-resolution scale it is a blob
 of roughly a digit's size and ink.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@
   layout OpenSlide-style and OME readers expect).
 - JPEG: rendered in memory (the format caps each side at 65535 px anyway).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,10 @@ def write_jpeg(layout: Layout, path: str | os.PathLike, quality: int = 95) -> No
     from PIL import Image
 
     if max(layout.height, layout.width) > _JPEG_MAX_SIDE:
-        raise ValueError(f"JPEG sides are limited to {_JPEG_MAX_SIDE} px; use TIFF or PNG for "
-                         f"a {layout.height}x{layout.width} canvas")
+        raise ValueError(
+            f"JPEG sides are limited to {_JPEG_MAX_SIDE} px; use TIFF or PNG for "
+            f"a {layout.height}x{layout.width} canvas"
+        )
     Image.fromarray(render_canvas(layout)[..., 0]).save(path, quality=quality)
 
 
@@ -67,7 +70,9 @@ def _tiles(layout: Layout, factor: int, tile: int) -> Iterator[np.ndarray]:
             yield render_region(layout, top, left, min(tile, height - top), min(tile, width - left), factor)
 
 
-def write_tiff(layout: Layout, path: str | os.PathLike, tile: int = 256, compression: str = "zlib") -> list[int]:
+def write_tiff(
+    layout: Layout, path: str | os.PathLike, tile: int = 256, compression: str = "zlib"
+) -> list[int]:
     """Write a tiled pyramidal BigTIFF; returns the downsampling factor of each level.
 
     Level 0 is the main image; levels 1.. (factor 2, 4, ...) are its SubIFDs,
@@ -81,11 +86,13 @@ def write_tiff(layout: Layout, path: str | os.PathLike, tile: int = 256, compres
     options = dict(dtype=np.uint8, tile=(tile, tile), compression=compression, photometric="minisblack")
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level, factor in enumerate(factors):
-            tif.write(_tiles(layout, factor, tile),
-                      shape=level_shape(layout.height, layout.width, factor),
-                      subifds=len(factors) - 1 if level == 0 else None,
-                      subfiletype=1 if level else 0,
-                      **options)
+            tif.write(
+                _tiles(layout, factor, tile),
+                shape=level_shape(layout.height, layout.width, factor),
+                subifds=len(factors) - 1 if level == 0 else None,
+                subfiletype=1 if level else 0,
+                **options,
+            )
     return factors
 
 

@@ -5,6 +5,7 @@ weights, PNG curves, attention pictures, ``summary.json``); ``--resume``
 continues an interrupted run where it stopped. ``--export`` writes the
 trained model as a served version (``models/<name>/<version>``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,24 +20,37 @@ from model_ops.training import recipe as recipes
 from model_ops.training.plots import plot_attention, plot_curves
 from model_ops.training.run_dir import RunDir
 
-TRAINERS = {"features": recipes.train_features, "attention": recipes.train_attention,
-            "finetune": recipes.train_finetune}
+TRAINERS = {
+    "features": recipes.train_features,
+    "attention": recipes.train_attention,
+    "finetune": recipes.train_finetune,
+}
 N_PICTURES = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ats-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ats-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("task", choices=["megapixel-digits"], help="what to train")
     parser.add_argument("--run-dir", default="runs/megapixel-digits", help="folder of this run")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply every stage's data size and epochs (e.g. 0.01 for a smoke run)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage's data size and epochs (e.g. 0.01 for a smoke run)",
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--export", default=None, help="also export the model to this version directory")
-    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                        help="Keras verbosity: 1 = progress bar, 2 = one line per epoch")
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=[0, 1, 2],
+        help="Keras verbosity: 1 = progress bar, 2 = one line per epoch",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,11 +69,16 @@ def _recipe(args: argparse.Namespace, run: RunDir) -> recipes.Recipe:
     saved = run.root / "recipe.json"
     if saved.exists():
         previous = recipes.Recipe(**json.loads(saved.read_text()))
-        changed = [stage for stage in TRAINERS
-                   if run.is_done(stage) and previous.stage_fields(stage) != recipe.stage_fields(stage)]
+        changed = [
+            stage
+            for stage in TRAINERS
+            if run.is_done(stage) and previous.stage_fields(stage) != recipe.stage_fields(stage)
+        ]
         if changed:
-            raise SystemExit(f"{saved} differs from the arguments given for the finished stage(s) "
-                             f"{', '.join(changed)}; resume with the same arguments")
+            raise SystemExit(
+                f"{saved} differs from the arguments given for the finished stage(s) "
+                f"{', '.join(changed)}; resume with the same arguments"
+            )
     saved.write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     return recipe
 
@@ -79,8 +98,10 @@ def draw_attention(run: RunDir, nets, spec: CanvasSpec, recipe: recipes.Recipe) 
         canvases.append(canvas)
         maps.append(out["attention"].numpy())
         offsets.append(out["offsets"].numpy())
-        titles.append(f"test canvas {index}: label {layout.label}, predicted {probabilities.argmax()} "
-                      f"(p={probabilities.max():.2f}), {recipe.n_patches} sampled patches")
+        titles.append(
+            f"test canvas {index}: label {layout.label}, predicted {probabilities.argmax()} "
+            f"(p={probabilities.max():.2f}), {recipe.n_patches} sampled patches"
+        )
     path = run.root / "attention.png"
     plot_attention(canvases, maps, offsets, tuple(metadata.patch_size), titles, path)
     return path
@@ -110,16 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         from model_ops.export import export_model
 
-        export_model(recipes.attention_map_net(nets, spec), nets.features, nets.head,
-                     recipes.model_metadata(spec, recipe), args.export)
+        export_model(
+            recipes.attention_map_net(nets, spec),
+            nets.features,
+            nets.head,
+            recipes.model_metadata(spec, recipe),
+            args.export,
+        )
         print(f"exported to {args.export}", flush=True)
     seconds = {stage: run.seconds(stage) for stage in TRAINERS}
     total = sum(seconds.values())
-    (run.root / "summary.json").write_text(json.dumps({"stage_seconds": seconds, "total_seconds": total},
-                                                      indent=2) + "\n")
-    print(f"training wall time {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
+    (run.root / "summary.json").write_text(
+        json.dumps({"stage_seconds": seconds, "total_seconds": total}, indent=2) + "\n"
+    )
+    print(
+        f"training wall time {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})"
+    )
     return 0
-
 
 
 if __name__ == "__main__":

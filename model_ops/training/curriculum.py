@@ -13,13 +13,19 @@ come first:
   network to by cross-entropy;
 - ``low_views``: the 180x180 views those maps belong to.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from model_ops.datasets.digits import DIGIT_SIZE
 from model_ops.datasets.megapixel_digits import (
-    NOISE, CanvasSpec, Layout, make_layout, render_canvas, render_region,
+    NOISE,
+    CanvasSpec,
+    Layout,
+    make_layout,
+    render_canvas,
+    render_region,
 )
 
 NOT_A_DIGIT = 10
@@ -32,8 +38,14 @@ def _crop(layout: Layout, centre_y: float, centre_x: float, patch: tuple[int, in
     return render_region(layout, top, left, patch[0], patch[1])
 
 
-def feature_crops(spec: CanvasSpec, split: str, seed: int, n_canvases: int,
-                  patch: tuple[int, int] = (50, 50), jitter: float = 14.0) -> tuple[np.ndarray, np.ndarray]:
+def feature_crops(
+    spec: CanvasSpec,
+    split: str,
+    seed: int,
+    n_canvases: int,
+    patch: tuple[int, int] = (50, 50),
+    jitter: float = 14.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Crops ``(M, ph, pw, 1)`` uint8 and labels ``(M,)`` from ``n_canvases`` layouts.
 
     Per canvas: every digit, as many noise strokes, and two random background
@@ -47,8 +59,9 @@ def feature_crops(spec: CanvasSpec, split: str, seed: int, n_canvases: int,
     for index in range(n_canvases):
         layout = make_layout(spec, split, seed, index)
         digits = np.flatnonzero(layout.classes != NOISE)
-        noise = rng.choice(np.flatnonzero(layout.classes == NOISE), size=min(len(digits), spec.n_noise),
-                           replace=False)
+        noise = rng.choice(
+            np.flatnonzero(layout.classes == NOISE), size=min(len(digits), spec.n_noise), replace=False
+        )
         for i in np.concatenate([digits, noise]):
             dy, dx = rng.uniform(-jitter, jitter, size=2)
             crops.append(_crop(layout, layout.ys[i] + half + dy, layout.xs[i] + half + dx, patch))
@@ -64,9 +77,12 @@ def low_views(layouts: list[Layout], low_shape: tuple[int, int], chunk: int = 16
     """``(B, h, w, 1)`` uint8 low-resolution views, rendering ``chunk`` canvases at a time."""
     from model_ops.lowres import low_resolution_view
 
-    views = [np.asarray(low_resolution_view(np.stack([render_canvas(lay) for lay in layouts[i:i + chunk]]),
-                                            low_shape))
-             for i in range(0, len(layouts), chunk)]
+    views = [
+        np.asarray(
+            low_resolution_view(np.stack([render_canvas(lay) for lay in layouts[i : i + chunk]]), low_shape)
+        )
+        for i in range(0, len(layouts), chunk)
+    ]
     return np.concatenate(views)
 
 

@@ -5,6 +5,7 @@ happens where the pixels are read (the patch op converts while cutting, the
 exported signatures convert their uint8 inputs), never on a whole megapixel
 image.
 """
+
 from __future__ import annotations
 
 import keras
@@ -50,9 +51,12 @@ def build_head(feature_dim: int = FEATURE_DIM, n_classes: int = N_CLASSES) -> ke
 BASELINE_STRIDES = (2, 1, 1, 1)
 
 
-def build_full_image_cnn(image_shape: tuple[int, int] = (1500, 1500), channels: int = 1,
-                         n_classes: int = N_CLASSES,
-                         strides: tuple[int, int, int, int] = BASELINE_STRIDES) -> keras.Model:
+def build_full_image_cnn(
+    image_shape: tuple[int, int] = (1500, 1500),
+    channels: int = 1,
+    n_classes: int = N_CLASSES,
+    strides: tuple[int, int, int, int] = BASELINE_STRIDES,
+) -> keras.Model:
     """The comparison: a plain strided CNN of the feature network's depth over the whole image.
 
     Same layers as the feature network (7x7 then three 3x3 convs, 32

@@ -5,6 +5,7 @@
 - ``plot_attention``: canvases side by side with their attention map, and
   the sampled patches drawn as boxes on both.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,10 @@ def read_log(path: str | os.PathLike) -> dict[str, list[float]]:
     """Columns of a CSV log as float lists (the ``epoch`` column included)."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")]
-            for key in (rows[0] if rows else {})}
+    return {
+        key: [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+        for key in (rows[0] if rows else {})
+    }
 
 
 def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -75,8 +78,10 @@ def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike, title:
     log = read_log(log_path)
     xs = [e + 1 for e in log.get("epoch", [])]
     names = [k for k in log if k != "epoch" and not k.startswith("val_") and k != "learning_rate"]
-    panels = [_panel(f"{title}: {name}", {n: log[n] for n in (name, f"val_{name}") if n in log}, xs)
-              for name in names]
+    panels = [
+        _panel(f"{title}: {name}", {n: log[n] for n in (name, f"val_{name}") if n in log}, xs)
+        for name in names
+    ]
     if not panels:
         raise ValueError(f"{log_path} has no metric columns")
     sheet = Image.new("RGB", (_PANEL[0] * len(panels), _PANEL[1]), "white")
@@ -89,12 +94,20 @@ def _heat(attention: np.ndarray) -> np.ndarray:
     """Attention map -> RGB uint8 (black -> red -> yellow); square root of the map over its maximum,
     so that cells with a fraction of the peak mass stay visible."""
     a = np.sqrt(attention / max(float(attention.max()), 1e-12))
-    return (np.stack([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], -1) * 255).astype(np.uint8)
+    return (np.stack([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], -1) * 255).astype(
+        np.uint8
+    )
 
 
-def plot_attention(canvases: list[np.ndarray], attentions: list[np.ndarray], offsets: list[np.ndarray],
-                   patch_size: tuple[int, int], titles: list[str], png_path: str | os.PathLike,
-                   side: int = 450) -> None:
+def plot_attention(
+    canvases: list[np.ndarray],
+    attentions: list[np.ndarray],
+    offsets: list[np.ndarray],
+    patch_size: tuple[int, int],
+    titles: list[str],
+    png_path: str | os.PathLike,
+    side: int = 450,
+) -> None:
     """One row per canvas: the canvas and its attention map, sampled patches boxed in green on both."""
     rows = []
     for canvas, attention, offs, title in zip(canvases, attentions, offsets, titles):
@@ -106,8 +119,11 @@ def plot_attention(canvases: list[np.ndarray], attentions: list[np.ndarray], off
         for panel in (picture, heat):
             draw = ImageDraw.Draw(panel)
             for y, x in offs:
-                draw.rectangle([x * scale, y * scale, (x + patch_size[1]) * scale, (y + patch_size[0]) * scale],
-                               outline=(0, 255, 0), width=2)
+                draw.rectangle(
+                    [x * scale, y * scale, (x + patch_size[1]) * scale, (y + patch_size[0]) * scale],
+                    outline=(0, 255, 0),
+                    width=2,
+                )
         row = Image.new("RGB", (2 * size[0] + 10, size[1] + 20), "white")
         row.paste(picture, (0, 20))
         row.paste(heat, (size[0] + 10, 20))

@@ -20,6 +20,7 @@ fraction of that by using what the generator knows:
    10 patches is won (top-k: 94% after 4 epochs, 97% after 24), so it runs
    longest, with a cosine learning-rate decay.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,27 +69,38 @@ class Recipe:
     n_patches: int = 10
     entropy: float = 1e-4
 
-    def scaled(self, fraction: float) -> "Recipe":
+    def scaled(self, fraction: float) -> Recipe:
         """A smaller copy (sizes and epochs times ``fraction``, at least 1) for smoke runs."""
+
         def shrink(value: int) -> int:
             return max(1, round(value * fraction))
 
-        sizes = {f.name: shrink(getattr(self, f.name)) for f in dataclasses.fields(self)
-                 if f.name.endswith(("_canvases", "_epochs"))}
+        sizes = {
+            f.name: shrink(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name.endswith(("_canvases", "_epochs"))
+        }
         return dataclasses.replace(self, **sizes)
 
     def stage_fields(self, stage: str) -> dict:
         """The settings ``stage`` depends on (shared ones included): a resume must not change them."""
-        own = {"features": ("feature_",), "attention": ("attention_",),
-               "finetune": ("finetune_", "n_patches", "entropy")}[stage]
+        own = {
+            "features": ("feature_",),
+            "attention": ("attention_",),
+            "finetune": ("finetune_", "n_patches", "entropy"),
+        }[stage]
         shared = ("seed", "batch_size")
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name in shared or f.name.startswith(own)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name in shared or f.name.startswith(own)
+        }
 
 
 def build_nets(spec: CanvasSpec) -> Nets:
-    return Nets(networks.build_attention_net(spec.low_shape), networks.build_feature_net(),
-                networks.build_head())
+    return Nets(
+        networks.build_attention_net(spec.low_shape), networks.build_feature_net(), networks.build_head()
+    )
 
 
 def _uint8_input(shape: tuple[int, ...], name: str) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -104,14 +116,23 @@ def train_features(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, ve
     crop_head = keras.layers.Dense(curriculum.NOT_A_DIGIT + 1, activation="softmax", name="crop_head")
     scaled = keras.layers.Rescaling(CROP_FEATURE_SCALE, name="feature_scale")(nets.features(patch))
     model = keras.Model(raw, crop_head(scaled), name="crop_classifier")
-    model.compile(keras.optimizers.Adam(recipe.feature_lr),
-                  "sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(x, y, batch_size=recipe.batch_size, epochs=recipe.feature_epochs, validation_data=val,
-                        shuffle=True, verbose=verbose,
-                        callbacks=run.callbacks("features") + [_step_decay(recipe.feature_lr, recipe.feature_epochs)])
+    model.compile(
+        keras.optimizers.Adam(recipe.feature_lr), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=recipe.batch_size,
+        epochs=recipe.feature_epochs,
+        validation_data=val,
+        shuffle=True,
+        verbose=verbose,
+        callbacks=run.callbacks("features") + [_step_decay(recipe.feature_lr, recipe.feature_epochs)],
+    )
     kernel, bias = crop_head.get_weights()
     nets.head.get_layer("head_dense").set_weights(
-        [CROP_FEATURE_SCALE * kernel[:, :networks.N_CLASSES], bias[:networks.N_CLASSES]])
+        [CROP_FEATURE_SCALE * kernel[:, : networks.N_CLASSES], bias[: networks.N_CLASSES]]
+    )
     return _last(history)
 
 
@@ -123,6 +144,7 @@ def top_cell_on_digit(target: keras.KerasTensor, attention: keras.KerasTensor) -
 
 def train_attention(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, verbose: int) -> dict:
     """Stage 2: attention logits on low views, cross-entropy of their softmax to the digit map."""
+
     def data(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         layouts = [make_layout(spec, split, recipe.seed, i) for i in range(n)]
         targets = curriculum.attention_targets(layouts, spec.low_shape, recipe.attention_radius)
@@ -132,13 +154,19 @@ def train_attention(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, v
     raw, x_low = _uint8_input(x.shape[1:], "x_low")
     flat = keras.layers.Flatten(name="cells")(nets.attention(x_low))
     model = keras.Model(raw, keras.layers.Softmax(name="attention_map")(flat), name="attention_fit")
-    model.compile(keras.optimizers.Adam(recipe.attention_lr), "categorical_crossentropy",
-                  metrics=[top_cell_on_digit])
-    history = model.fit(x, y, batch_size=recipe.batch_size, epochs=recipe.attention_epochs,
-                        validation_data=data("test", recipe.attention_val_canvases), shuffle=True,
-                        verbose=verbose,
-                        callbacks=run.callbacks("attention") + [_step_decay(recipe.attention_lr,
-                                                                            recipe.attention_epochs)])
+    model.compile(
+        keras.optimizers.Adam(recipe.attention_lr), "categorical_crossentropy", metrics=[top_cell_on_digit]
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=recipe.batch_size,
+        epochs=recipe.attention_epochs,
+        validation_data=data("test", recipe.attention_val_canvases),
+        shuffle=True,
+        verbose=verbose,
+        callbacks=run.callbacks("attention") + [_step_decay(recipe.attention_lr, recipe.attention_epochs)],
+    )
     return _last(history)
 
 
@@ -151,10 +179,18 @@ def attention_map_net(nets: Nets, spec: CanvasSpec) -> keras.Model:
 
 def model_metadata(spec: CanvasSpec, recipe: Recipe, name: str = "megapixel-digits") -> ModelMetadata:
     """What the exported version declares (versions are filled in by ``export_model``)."""
-    return ModelMetadata(name=name, classes=[str(c) for c in range(networks.N_CLASSES)],
-                         low_scale=spec.low_scale, patch_size=list(networks.PATCH_SIZE),
-                         n_patches=recipe.n_patches, max_patches=MAX_PATCHES, replace=False,
-                         receptive_field=0, channels=1, feature_dim=networks.FEATURE_DIM)
+    return ModelMetadata(
+        name=name,
+        classes=[str(c) for c in range(networks.N_CLASSES)],
+        low_scale=spec.low_scale,
+        patch_size=list(networks.PATCH_SIZE),
+        n_patches=recipe.n_patches,
+        max_patches=MAX_PATCHES,
+        replace=False,
+        receptive_field=0,
+        channels=1,
+        feature_dim=networks.FEATURE_DIM,
+    )
 
 
 def build_sampling_model(nets: Nets, spec: CanvasSpec, recipe: Recipe) -> keras.Model:
@@ -167,24 +203,39 @@ def build_sampling_model(nets: Nets, spec: CanvasSpec, recipe: Recipe) -> keras.
     raw_low, x_low = _uint8_input((*spec.low_shape, 1), "x_low")
     x_high = keras.Input((spec.height, spec.width, 1), dtype="uint8", name="x_high")
     features, _, _ = attention_sampling(
-        attention_map_net(nets, spec), nets.features, patch_size=networks.PATCH_SIZE,
-        n_patches=recipe.n_patches, replace=False, attention_regularizer=multinomial_entropy(recipe.entropy),
-        receptive_field=0, patch_dtype="float32", patch_scale=1.0 / 255)([x_low, x_high])
+        attention_map_net(nets, spec),
+        nets.features,
+        patch_size=networks.PATCH_SIZE,
+        n_patches=recipe.n_patches,
+        replace=False,
+        attention_regularizer=multinomial_entropy(recipe.entropy),
+        receptive_field=0,
+        patch_dtype="float32",
+        patch_scale=1.0 / 255,
+    )([x_low, x_high])
     return keras.Model([raw_low, x_high], nets.head(features), name="attention_sampling")
 
 
 def train_finetune(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, verbose: int) -> dict:
     """Stage 3: end to end with attention sampling on new canvases every epoch."""
     model = build_sampling_model(nets, spec, recipe)
-    model.compile(keras.optimizers.Adam(recipe.finetune_lr, clipnorm=1.0), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    train = CanvasBatches(spec, "train", recipe.seed + 1, recipe.finetune_canvases, recipe.batch_size,
-                          fresh_each_epoch=True)
+    model.compile(
+        keras.optimizers.Adam(recipe.finetune_lr, clipnorm=1.0),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    train = CanvasBatches(
+        spec, "train", recipe.seed + 1, recipe.finetune_canvases, recipe.batch_size, fresh_each_epoch=True
+    )
     val = CanvasBatches(spec, "test", recipe.seed + 1, recipe.finetune_val_canvases, recipe.batch_size)
-    history = model.fit(train, epochs=recipe.finetune_epochs, validation_data=val, verbose=verbose,
-                        callbacks=run.callbacks("finetune") + [FreshCanvases(train),
-                                                               cosine_decay(recipe.finetune_lr,
-                                                                             recipe.finetune_epochs)])
+    history = model.fit(
+        train,
+        epochs=recipe.finetune_epochs,
+        validation_data=val,
+        verbose=verbose,
+        callbacks=run.callbacks("finetune")
+        + [FreshCanvases(train), cosine_decay(recipe.finetune_lr, recipe.finetune_epochs)],
+    )
     return _last(history)
 
 
@@ -201,6 +252,7 @@ class FreshCanvases(keras.callbacks.Callback):
 
 def cosine_decay(base: float, epochs: int, floor: float = 0.05) -> keras.callbacks.Callback:
     """Half a cosine from ``base`` down to ``floor * base`` over the stage, one value per epoch."""
+
     def rate(epoch: int) -> float:
         progress = epoch / max(1, epochs - 1)
         return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))

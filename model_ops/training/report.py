@@ -6,6 +6,7 @@ run's PNG pictures next to the report and tabulates every stage: its data,
 epochs, learning rate, wall time and last-epoch metrics; ``--notes`` appends
 a hand-written markdown section (history of the run, caveats).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,10 @@ from model_ops.training.plots import read_log
 _STAGE_DATA = {
     "features": ("{feature_canvases} canvases -> 50x50 crops (digits, strokes, background)", "feature"),
     "attention": ("{attention_canvases} low-resolution views, digit-location targets", "attention"),
-    "finetune": ("{finetune_canvases} new full canvases per epoch, attention sampling end to end", "finetune"),
+    "finetune": (
+        "{finetune_canvases} new full canvases per epoch, attention sampling end to end",
+        "finetune",
+    ),
 }
 
 
@@ -30,20 +34,25 @@ def _metrics(log: dict[str, list[float]]) -> str:
     return ", ".join(f"{k} {log[k][-1]:.4f}" for k in keys)
 
 
-def write_report(run_dir: pathlib.Path, version_dir: str, eval_table: str, out: pathlib.Path,
-                 notes: str = "") -> None:
+def write_report(
+    run_dir: pathlib.Path, version_dir: str, eval_table: str, out: pathlib.Path, notes: str = ""
+) -> None:
     recipe = json.loads((run_dir / "recipe.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     pictures = out.parent / out.stem
     pictures.mkdir(parents=True, exist_ok=True)
-    rows = ["| stage | data | epochs | learning rate | wall time | last epoch |",
-            "| --- | --- | ---: | ---: | ---: | --- |"]
+    rows = [
+        "| stage | data | epochs | learning rate | wall time | last epoch |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
     images = []
     for stage in TRAINERS:
         data, prefix = _STAGE_DATA[stage]
         log = read_log(run_dir / stage / "log.csv")
-        rows.append(f"| {stage} | {data.format(**recipe)} | {len(log['epoch'])} | {recipe[prefix + '_lr']:g} "
-                    f"| {summary['stage_seconds'][stage] / 60:.1f} min | {_metrics(log)} |")
+        rows.append(
+            f"| {stage} | {data.format(**recipe)} | {len(log['epoch'])} | {recipe[prefix + '_lr']:g} "
+            f"| {summary['stage_seconds'][stage] / 60:.1f} min | {_metrics(log)} |"
+        )
         shutil.copy(run_dir / stage / "curves.png", pictures / f"{stage}_curves.png")
         images.append(f"![{stage} curves]({pictures.name}/{stage}_curves.png)")
     shutil.copy(run_dir / "attention.png", pictures / "attention.png")
@@ -79,16 +88,25 @@ def write_report(run_dir: pathlib.Path, version_dir: str, eval_table: str, out: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run-dir", default="runs/megapixel-digits-v2")
-    parser.add_argument("--version-dir", default="models/megapixel-digits/2", help="where the run exported to")
+    parser.add_argument(
+        "--version-dir", default="models/megapixel-digits/2", help="where the run exported to"
+    )
     parser.add_argument("--eval", required=True, help="markdown table written by ats-eval --markdown")
     parser.add_argument("--notes", default=None, help="markdown appended to the report")
     parser.add_argument("--out", default="bench/results/training.md")
     args = parser.parse_args(argv)
     notes = pathlib.Path(args.notes).read_text() if args.notes else ""
-    write_report(pathlib.Path(args.run_dir), args.version_dir, pathlib.Path(args.eval).read_text(),
-                 pathlib.Path(args.out), notes)
+    write_report(
+        pathlib.Path(args.run_dir),
+        args.version_dir,
+        pathlib.Path(args.eval).read_text(),
+        pathlib.Path(args.out),
+        notes,
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ A stage is finished when its ``done`` marker exists; ``--resume`` skips
 finished stages and lets Keras ``BackupAndRestore`` continue an interrupted
 one from its last completed epoch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,12 +89,16 @@ class RunDir:
         stage = self.stage(name)
         if name not in self._clocks:
             self.start_clock(name)
-        return [keras.callbacks.BackupAndRestore(str(stage / "backup")),
-                keras.callbacks.CSVLogger(str(stage / "log.csv"), append=True), self._clocks[name]]
+        return [
+            keras.callbacks.BackupAndRestore(str(stage / "backup")),
+            keras.callbacks.CSVLogger(str(stage / "log.csv"), append=True),
+            self._clocks[name],
+        ]
 
     def fresh_start(self) -> None:
         """Refuse to overwrite a previous run unless resuming."""
         if self.root.exists() and any(self.root.iterdir()):
-            raise FileExistsError(f"{self.root} already holds a run; pass --resume to continue it "
-                                  "or choose another --run-dir")
+            raise FileExistsError(
+                f"{self.root} already holds a run; pass --resume to continue it or choose another --run-dir"
+            )
         self.root.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 """Aggregation stage: the estimator's forward value over the N patch features."""
+
 from __future__ import annotations
 
 import tensorflow as tf
 
-from model_ops.export import ModelMetadata
 from model_ops.expectation import aggregate as expectation
+from model_ops.export import ModelMetadata
 
 
 def aggregate(features: tf.Tensor, probabilities: tf.Tensor, spec: ModelMetadata) -> tf.Tensor:

@@ -1,4 +1,5 @@
 """Attention stage: the distribution over low-resolution cells."""
+
 from __future__ import annotations
 
 import tensorflow as tf

@@ -3,6 +3,7 @@
 Size limits are enforced from the header, before any pixel is decoded, so a
 small file claiming a huge canvas (a decompression bomb) costs nothing.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,11 @@ Image.MAX_IMAGE_PIXELS = None
 
 def _check_pixels(height: int, width: int, max_pixels: int, field: str) -> None:
     if height * width > max_pixels:
-        raise TooLarge(f"image of {width}x{height} = {height * width} pixels exceeds the "
-                       f"server limit of {max_pixels} pixels", field=field)
+        raise TooLarge(
+            f"image of {width}x{height} = {height * width} pixels exceeds the "
+            f"server limit of {max_pixels} pixels",
+            field=field,
+        )
 
 
 def _check_bytes(size: int, max_bytes: int, field: str) -> None:
@@ -41,8 +45,9 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise InvalidInput(f"not a recognised image; accepted formats: {', '.join(FORMATS)}",
-                           field="image") from None
+        raise InvalidInput(
+            f"not a recognised image; accepted formats: {', '.join(FORMATS)}", field="image"
+        ) from None
     with image:
         width, height = image.size
         _check_pixels(height, width, max_pixels, "image")
@@ -50,26 +55,31 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
             image.load()
             converted = image if image.mode == _MODES[channels] else image.convert(_MODES[channels])
         except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise InvalidInput(f"corrupt or truncated {image.format} image: {err}",
-                               field="image") from None
+            raise InvalidInput(f"corrupt or truncated {image.format} image: {err}", field="image") from None
     return np.asarray(converted).reshape(height, width, channels)
 
 
 def tensor_pixels(tensor: RawTensor, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
     """Validate a raw tensor's dtype, shape and length; view it as (H, W, C) uint8."""
     if tensor.dtype not in TENSOR_DTYPES:
-        raise InvalidInput(f"tensor dtype {tensor.dtype} is not accepted; use "
-                           f"{' or '.join(TENSOR_DTYPES)}", field="tensor.dtype")
+        raise InvalidInput(
+            f"tensor dtype {tensor.dtype} is not accepted; use {' or '.join(TENSOR_DTYPES)}",
+            field="tensor.dtype",
+        )
     shape = tuple(tensor.shape)
     if len(shape) == 2 and channels == 1:
         shape = (*shape, 1)
     if len(shape) != 3 or min(shape) <= 0 or shape[2] != channels:
-        raise InvalidInput(f"tensor shape {list(tensor.shape)} is not (height, width, {channels}) "
-                           f"with positive sizes", field="tensor.shape")
+        raise InvalidInput(
+            f"tensor shape {list(tensor.shape)} is not (height, width, {channels}) with positive sizes",
+            field="tensor.shape",
+        )
     _check_pixels(shape[0], shape[1], max_pixels, "tensor.shape")
     _check_bytes(len(tensor.data), max_bytes, "tensor.data")
     expected = shape[0] * shape[1] * shape[2]
     if len(tensor.data) != expected:
-        raise InvalidInput(f"tensor data has {len(tensor.data)} bytes, shape {list(shape)} of "
-                           f"uint8 needs {expected}", field="tensor.data")
+        raise InvalidInput(
+            f"tensor data has {len(tensor.data)} bytes, shape {list(shape)} of uint8 needs {expected}",
+            field="tensor.data",
+        )
     return np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)

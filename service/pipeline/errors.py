@@ -3,6 +3,7 @@
 The pipeline knows nothing of gRPC; the protocol layer turns ``code`` into a
 status and ``field`` into a google.rpc.BadRequest field violation.
 """
+
 from __future__ import annotations
 
 

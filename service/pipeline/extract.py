@@ -1,4 +1,5 @@
 """Extraction stage: cut the chosen full-resolution patches out of the source."""
+
 from __future__ import annotations
 
 import tensorflow as tf

@@ -1,4 +1,5 @@
 """Feature stage: one vector per patch."""
+
 from __future__ import annotations
 
 import tensorflow as tf

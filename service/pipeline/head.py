@@ -1,4 +1,5 @@
 """Head stage: class probabilities from the aggregated features."""
+
 from __future__ import annotations
 
 import numpy as np

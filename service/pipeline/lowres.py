@@ -1,4 +1,5 @@
 """Low-resolution stage: the small view the attention network looks at."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -14,8 +15,10 @@ def low_view(source: ImageSource, spec: ModelMetadata) -> tf.Tensor:
     height, width, _ = source.shape
     size = spec.low_shape(height, width)
     if min(size) <= spec.receptive_field:
-        raise InvalidInput(f"image of {width}x{height} is too small for this model: its "
-                           f"low-resolution view would be {size[1]}x{size[0]}, the attention "
-                           f"network needs more than {spec.receptive_field} pixels per side",
-                           field="image")
+        raise InvalidInput(
+            f"image of {width}x{height} is too small for this model: its "
+            f"low-resolution view would be {size[1]}x{size[0]}, the attention "
+            f"network needs more than {spec.receptive_field} pixels per side",
+            field="image",
+        )
     return source.low_view(size)

@@ -4,6 +4,7 @@ The server runs the stages one by one (rather than the all-in-one
 ``predict_image`` signature) so that each is timed and a cancelled request
 stops between them.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """What a request hands the pipeline as its image, before anything is decoded."""
+
 from __future__ import annotations
 
 import dataclasses

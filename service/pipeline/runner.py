@@ -1,12 +1,13 @@
 """Runs the stages in order, timing each and stopping as soon as the caller
 is gone (checked between stages: a stage itself is not interruptible)."""
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import secrets
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -58,8 +59,13 @@ class _Stages:
         self.timings[name] = time.perf_counter() - start
 
 
-def run(model: ServableModel, payload: Payload, options: PredictOptions, limits: SourceLimits,
-        is_active: Callable[[], bool] = lambda: True) -> Prediction:
+def run(
+    model: ServableModel,
+    payload: Payload,
+    options: PredictOptions,
+    limits: SourceLimits,
+    is_active: Callable[[], bool] = lambda: True,
+) -> Prediction:
     """Classify one image with ``model``."""
     spec = model.spec
     started = time.perf_counter()
@@ -75,8 +81,7 @@ def run(model: ServableModel, payload: Payload, options: PredictOptions, limits:
     with stages.stage("attention"):
         attention_map = attention.attention_map(model, x_low)
     with stages.stage("sampling"):
-        positions = sampling.sample(attention_map, spec, n_patches, options.mode, seed,
-                                    low_shape, high_shape)
+        positions = sampling.sample(attention_map, spec, n_patches, options.mode, seed, low_shape, high_shape)
     with stages.stage("extract"):
         patches = extract.extract(source, positions.offsets, spec)
     with stages.stage("features"):

@@ -6,17 +6,18 @@ holds the whole image (a tiled pyramid read region by region) plugs in next to
 the in-memory one: register an opener for its payload kind with
 ``register_source``.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
-from model_ops.python.ops.extract_patches import extract_patches
+from model_ops.patch_ops import extract_patches
 from service.pipeline import decode
 from service.pipeline.errors import Unsupported
 from service.pipeline.payload import EncodedImage, Payload, RawTensor
@@ -70,13 +71,15 @@ Opener = Callable[[Payload, int, SourceLimits], ImageSource]
 
 
 def _open_encoded(payload: EncodedImage, channels: int, limits: SourceLimits) -> ImageSource:
-    return InMemorySource(decode.decode_image(payload.data, channels, limits.max_image_pixels,
-                                              limits.max_image_bytes))
+    return InMemorySource(
+        decode.decode_image(payload.data, channels, limits.max_image_pixels, limits.max_image_bytes)
+    )
 
 
 def _open_tensor(payload: RawTensor, channels: int, limits: SourceLimits) -> ImageSource:
-    return InMemorySource(decode.tensor_pixels(payload, channels, limits.max_image_pixels,
-                                               limits.max_image_bytes))
+    return InMemorySource(
+        decode.tensor_pixels(payload, channels, limits.max_image_pixels, limits.max_image_bytes)
+    )
 
 
 _OPENERS: dict[str, Opener] = {"image": _open_encoded, "tensor": _open_tensor}
@@ -102,7 +105,9 @@ def open_source(payload: Payload, channels: int, limits: SourceLimits) -> ImageS
     """Validate and open ``payload`` as a source with ``channels`` channels."""
     opener = _OPENERS.get(payload.kind)
     if opener is None:
-        raise Unsupported(f"'{payload.kind}' sources are not supported by this server yet; "
-                          f"send the pixels as one of: {', '.join(accepted_kinds())}",
-                          field=payload.kind)
+        raise Unsupported(
+            f"'{payload.kind}' sources are not supported by this server yet; "
+            f"send the pixels as one of: {', '.join(accepted_kinds())}",
+            field=payload.kind,
+        )
     return opener(payload, channels, limits)

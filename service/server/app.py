@@ -1,5 +1,6 @@
 """Assembles the server from a Config and runs its lifecycle: start, serve,
 drain on SIGTERM."""
+
 from __future__ import annotations
 
 import logging
@@ -7,12 +8,12 @@ import time
 from concurrent import futures
 
 import grpc
-from ats_api.v1 import attention_sampling_pb2 as pb
-from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
+from ats_api.v1 import attention_sampling_pb2 as pb
+from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from service.config import Config
 from service.pipeline.sources import SourceLimits
 from service.server.health import ReadinessHealth
@@ -32,8 +33,9 @@ class Server:
     def __init__(self, config: Config, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        self.models = ModelRegistry(config.resolved_repository(), config.default_model, warm_up,
-                                    listeners=[self._on_model_change])
+        self.models = ModelRegistry(
+            config.resolved_repository(), config.default_model, warm_up, listeners=[self._on_model_change]
+        )
         self.health = ReadinessHealth(self.models)
         enable_tile_sources(config.data_root, config.tile_cache_bytes, counters=self.metrics)
         limits = SourceLimits(config.max_image_pixels, config.max_image_bytes, config.data_root)
@@ -41,17 +43,32 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             interceptors=[MetricsInterceptor(self.metrics)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second server
-                     ("grpc.max_receive_message_length", config.max_message_bytes),
-                     ("grpc.max_send_message_length", config.max_message_bytes)])
+            options=[
+                ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second server
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ],
+        )
         pb_grpc.add_AttentionSamplingServicer_to_server(
-            AttentionSamplingServicer(self.models, self.metrics, limits, config.max_concurrent_predicts,
-                                      config.queue_timeout, config.max_message_bytes), self._grpc)
+            AttentionSamplingServicer(
+                self.models,
+                self.metrics,
+                limits,
+                config.max_concurrent_predicts,
+                config.queue_timeout,
+                config.max_message_bytes,
+            ),
+            self._grpc,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._grpc)
         reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["AttentionSampling"].full_name,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self._grpc)
+            (
+                pb.DESCRIPTOR.services_by_name["AttentionSampling"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._grpc,
+        )
         self.port = self._grpc.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC to {config.host}:{config.port}")
@@ -72,15 +89,28 @@ class Server:
     def start(self) -> None:
         """Serve at once (health NOT_SERVING until a model is ready), then load models."""
         if self.config.metrics_port:
-            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, self.config.host,
-                                                     self.config.metrics_port)
+            self._metrics_endpoint = MetricsEndpoint(
+                self.metrics.registry, self.config.host, self.config.metrics_port
+            )
         self._grpc.start()
-        log.info("gRPC listening on %s:%d, metrics on %s:%s; repository %s", self.config.host, self.port,
-                 self.config.host, self.config.metrics_port or "off", self.models.root)
+        log.info(
+            "gRPC listening on %s:%d, metrics on %s:%s; repository %s",
+            self.config.host,
+            self.port,
+            self.config.host,
+            self.config.metrics_port or "off",
+            self.models.root,
+        )
         self.models.start(self.config.poll_interval)
-        address = f"{'localhost' if self.config.host in ('0.0.0.0', '[::]') else self.config.host}:{self.port}"
-        log.info("call it with: ats-client health --server %s; ats-client predict IMAGE --server %s "
-                 "[--overlay out.png]", address, address)
+        address = (
+            f"{'localhost' if self.config.host in ('0.0.0.0', '[::]') else self.config.host}:{self.port}"
+        )
+        log.info(
+            "call it with: ats-client health --server %s; ats-client predict IMAGE --server %s "
+            "[--overlay out.png]",
+            address,
+            address,
+        )
 
     def drain(self) -> None:
         """Health NOT_SERVING, keep answering for the drain delay (load balancers

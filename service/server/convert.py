@@ -1,19 +1,24 @@
 """Translation between ats.v1 messages and the pipeline's plain records."""
+
 from __future__ import annotations
 
 import numpy as np
-from ats_api.v1 import attention_sampling_pb2 as pb
 
+from ats_api.v1 import attention_sampling_pb2 as pb
 from model_ops.export import ModelMetadata
 from service.pipeline import decode
 from service.pipeline.errors import InvalidInput
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
-from service.pipeline.runner import PredictOptions, Prediction
+from service.pipeline.runner import Prediction, PredictOptions
 from service.pipeline.sources import SourceLimits, accepted_formats, accepted_kinds
 from service.server.repository import VersionEntry
 
-_STATES = {"LOADING": pb.ModelVersionStatus.LOADING, "READY": pb.ModelVersionStatus.READY,
-           "UNLOADING": pb.ModelVersionStatus.UNLOADING, "FAILED": pb.ModelVersionStatus.FAILED}
+_STATES = {
+    "LOADING": pb.ModelVersionStatus.LOADING,
+    "READY": pb.ModelVersionStatus.READY,
+    "UNLOADING": pb.ModelVersionStatus.UNLOADING,
+    "FAILED": pb.ModelVersionStatus.FAILED,
+}
 
 
 def _varint(value: int) -> bytes:
@@ -58,15 +63,19 @@ def stream_payload(header: pb.PredictRequest, data: bytes) -> Payload:
         return EncodedImage(data)
     if kind == "tensor" and not header.tensor.data:
         return _tensor_payload(header.tensor, data)
-    raise InvalidInput("a stream's header carries no pixels: leave its source unset (chunks = "
-                       "encoded image) or give a tensor's shape and dtype without data",
-                       field=f"header.{kind}")
+    raise InvalidInput(
+        "a stream's header carries no pixels: leave its source unset (chunks = "
+        "encoded image) or give a tensor's shape and dtype without data",
+        field=f"header.{kind}",
+    )
 
 
 def options(request: pb.PredictRequest) -> PredictOptions:
     if request.n_patches < 0:
-        raise InvalidInput(f"n_patches must be positive (0 for the model default), got "
-                           f"{request.n_patches}", field="n_patches")
+        raise InvalidInput(
+            f"n_patches must be positive (0 for the model default), got {request.n_patches}",
+            field="n_patches",
+        )
     return PredictOptions(
         n_patches=request.n_patches,
         seed=request.seed if request.HasField("seed") else None,
@@ -75,51 +84,78 @@ def options(request: pb.PredictRequest) -> PredictOptions:
     )
 
 
-def response(name: str, version: int, spec: ModelMetadata, prediction: Prediction,
-             output: pb.OutputOptions) -> pb.PredictResponse:
+def response(
+    name: str, version: int, spec: ModelMetadata, prediction: Prediction, output: pb.OutputOptions
+) -> pb.PredictResponse:
     probabilities = prediction.probabilities
     best = int(probabilities.argmax())
     height, width, channels = prediction.image_shape
     attention = pb.AttentionMap(
-        height=prediction.attention.shape[0], width=prediction.attention.shape[1],
-        cell_height=prediction.cell_step[0], cell_width=prediction.cell_step[1],
-        offset_y=prediction.cell_origin[0], offset_x=prediction.cell_origin[1])
+        height=prediction.attention.shape[0],
+        width=prediction.attention.shape[1],
+        cell_height=prediction.cell_step[0],
+        cell_width=prediction.cell_step[1],
+        offset_y=prediction.cell_origin[0],
+        offset_x=prediction.cell_origin[1],
+    )
     if output.include_attention_map:
         _set_packed_floats(attention, "values", prediction.attention)
     ph, pw = spec.patch_size
     patches = []
-    for i, ((y, x), (cy, cx), p) in enumerate(zip(prediction.offsets.tolist(), prediction.cells.tolist(),
-                                                   prediction.patch_probabilities.tolist())):
+    for i, ((y, x), (cy, cx), p) in enumerate(
+        zip(prediction.offsets.tolist(), prediction.cells.tolist(), prediction.patch_probabilities.tolist())
+    ):
         patch = pb.Patch(x=x, y=y, width=pw, height=ph, probability=p, cell_y=cy, cell_x=cx)
         if prediction.crops is not None:
             crop = prediction.crops[i]
             patch.crop.CopyFrom(pb.Tensor(shape=crop.shape, dtype=pb.UINT8, data=crop.tobytes()))
         patches.append(patch)
     return pb.PredictResponse(
-        model_name=name, model_version=version,
-        label=spec.classes[best], class_index=best,
-        probabilities=[pb.ClassProbability(name=c, probability=float(p))
-                       for c, p in zip(spec.classes, probabilities.tolist())],
-        attention=attention, patches=patches,
+        model_name=name,
+        model_version=version,
+        label=spec.classes[best],
+        class_index=best,
+        probabilities=[
+            pb.ClassProbability(name=c, probability=float(p))
+            for c, p in zip(spec.classes, probabilities.tolist())
+        ],
+        attention=attention,
+        patches=patches,
         timings=[pb.StageTiming(stage=s, seconds=t) for s, t in prediction.timings.items()],
-        seed=prediction.seed, image_height=height, image_width=width, image_channels=channels)
+        seed=prediction.seed,
+        image_height=height,
+        image_width=width,
+        image_channels=channels,
+    )
 
 
 def input_support(limits: SourceLimits, max_message_bytes: int) -> pb.InputSupport:
     return pb.InputSupport(
-        source_kinds=accepted_kinds(), image_formats=accepted_formats("image"),
+        source_kinds=accepted_kinds(),
+        image_formats=accepted_formats("image"),
         tile_formats=accepted_formats("tile"),
         tensor_dtypes=[pb.DataType.Value(d.upper()) for d in decode.TENSOR_DTYPES],
-        max_image_pixels=limits.max_image_pixels, max_image_bytes=limits.max_image_bytes,
-        max_message_bytes=max_message_bytes)
+        max_image_pixels=limits.max_image_pixels,
+        max_image_bytes=limits.max_image_bytes,
+        max_message_bytes=max_message_bytes,
+    )
 
 
 def metadata(name: str, versions: list[VersionEntry], support: pb.InputSupport) -> pb.ModelMetadata:
     """A model's metadata: its spec from the newest loaded version, all versions' states."""
     message = pb.ModelMetadata(
-        name=name, inputs=support,
-        versions=[pb.ModelVersionStatus(version=e.version, state=_STATES[e.state.value], message=e.message,
-                                        load_seconds=e.load_seconds) for e in versions])
+        name=name,
+        inputs=support,
+        versions=[
+            pb.ModelVersionStatus(
+                version=e.version,
+                state=_STATES[e.state.value],
+                message=e.message,
+                load_seconds=e.load_seconds,
+            )
+            for e in versions
+        ],
+    )
     loaded = [e.servable for e in versions if e.servable is not None]
     if loaded:
         spec = loaded[-1].spec

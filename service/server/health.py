@@ -5,6 +5,7 @@ the overall entry ("") and the service's own entry are SERVING only while some
 model is ready and the server is not draining, so load balancers and
 Kubernetes probes send traffic only where it can be answered.
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,8 +37,11 @@ class ReadinessHealth:
                 ready = any(e.state is State.READY for e in versions)
                 self.servicer.set(name, _SERVING if ready else _NOT_SERVING)
             self._known |= set(snapshot)
-            overall = _SERVING if any(
-                e.state is State.READY for versions in snapshot.values() for e in versions) else _NOT_SERVING
+            overall = (
+                _SERVING
+                if any(e.state is State.READY for versions in snapshot.values() for e in versions)
+                else _NOT_SERVING
+            )
             self.servicer.set("", overall)
             self.servicer.set(SERVICE_NAME, overall)
 

@@ -1,20 +1,28 @@
 """gRPC-level metrics for every method (health and reflection included), in
 the go-grpc-prometheus naming users already have dashboards for."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
 from service.server.metrics import Metrics
 
-_KINDS = {(False, False): "unary", (True, False): "client_stream",
-          (False, True): "server_stream", (True, True): "bidi_stream"}
-_WRAPPERS = {"unary": ("unary_unary", grpc.unary_unary_rpc_method_handler),
-             "client_stream": ("stream_unary", grpc.stream_unary_rpc_method_handler),
-             "server_stream": ("unary_stream", grpc.unary_stream_rpc_method_handler),
-             "bidi_stream": ("stream_stream", grpc.stream_stream_rpc_method_handler)}
+_KINDS = {
+    (False, False): "unary",
+    (True, False): "client_stream",
+    (False, True): "server_stream",
+    (True, True): "bidi_stream",
+}
+_WRAPPERS = {
+    "unary": ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    "client_stream": ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    "server_stream": ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    "bidi_stream": ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
 
 
 def _final_code(context: grpc.ServicerContext, failed: bool) -> str:
@@ -40,12 +48,17 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         attribute, make_handler = _WRAPPERS[kind]
         labels = (kind, service, method)
         wrapped = (self._wrap_streaming if handler.response_streaming else self._wrap_unary)(
-            getattr(handler, attribute), labels)
-        return make_handler(wrapped, request_deserializer=handler.request_deserializer,
-                            response_serializer=handler.response_serializer)
+            getattr(handler, attribute), labels
+        )
+        return make_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
-    def _record(self, labels: tuple[str, str, str], context: grpc.ServicerContext, started: float,
-                failed: bool) -> None:
+    def _record(
+        self, labels: tuple[str, str, str], context: grpc.ServicerContext, started: float, failed: bool
+    ) -> None:
         self._metrics.grpc_handled.labels(*labels, _final_code(context, failed)).inc()
         self._metrics.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
 
@@ -59,6 +72,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 return response
             finally:
                 self._record(labels, context, started, failed)
+
         return wrapped
 
     def _wrap_streaming(self, behavior: Callable, labels: tuple[str, str, str]) -> Callable:
@@ -70,4 +84,5 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 failed = False
             finally:
                 self._record(labels, context, started, failed)
+
         return wrapped

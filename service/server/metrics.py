@@ -1,5 +1,6 @@
 """Prometheus metrics of the service (names are a shared contract: the Grafana
 dashboard and alerting query them) and their HTTP endpoint."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -14,42 +15,84 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter("ats_requests", "RPCs of the AttentionSampling service",
-                                ["model", "version", "rpc", "code"], registry=registry)
-        self.stage_seconds = Histogram("ats_stage_seconds", "Time per pipeline stage of a prediction",
-                                       ["model", "stage"], buckets=STAGE_BUCKETS, registry=registry)
-        self.image_megapixels = Histogram("ats_image_megapixels", "Full-resolution size of predicted images",
-                                          ["model"], buckets=MEGAPIXEL_BUCKETS, registry=registry)
-        self.patches = Counter("ats_patches", "High-resolution patches processed", ["model"],
-                               registry=registry)
-        self.patches_per_request = Histogram("ats_patches_per_request", "Patches per prediction", ["model"],
-                                             buckets=PATCH_BUCKETS, registry=registry)
+        self.requests = Counter(
+            "ats_requests",
+            "RPCs of the AttentionSampling service",
+            ["model", "version", "rpc", "code"],
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "ats_stage_seconds",
+            "Time per pipeline stage of a prediction",
+            ["model", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.image_megapixels = Histogram(
+            "ats_image_megapixels",
+            "Full-resolution size of predicted images",
+            ["model"],
+            buckets=MEGAPIXEL_BUCKETS,
+            registry=registry,
+        )
+        self.patches = Counter(
+            "ats_patches", "High-resolution patches processed", ["model"], registry=registry
+        )
+        self.patches_per_request = Histogram(
+            "ats_patches_per_request",
+            "Patches per prediction",
+            ["model"],
+            buckets=PATCH_BUCKETS,
+            registry=registry,
+        )
         self.in_flight = Gauge("ats_requests_in_flight", "Predictions being served", registry=registry)
-        self.model_load_seconds = Gauge("ats_model_load_seconds", "Load and warm-up time of a model version",
-                                        ["model", "version"], registry=registry)
-        self.model_ready = Gauge("ats_model_ready", "1 while a model version serves, else 0",
-                                 ["model", "version"], registry=registry)
-        self.grpc_started = Counter("grpc_server_started", "RPCs started on the server",
-                                    ["grpc_type", "grpc_service", "grpc_method"], registry=registry)
-        self.grpc_handled = Counter("grpc_server_handled", "RPCs completed on the server, by status code",
-                                    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-                                    registry=registry)
-        self.grpc_handling_seconds = Histogram("grpc_server_handling_seconds",
-                                               "Time from RPC start to its status",
-                                               ["grpc_type", "grpc_service", "grpc_method"],
-                                               buckets=STAGE_BUCKETS, registry=registry)
+        self.model_load_seconds = Gauge(
+            "ats_model_load_seconds",
+            "Load and warm-up time of a model version",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.model_ready = Gauge(
+            "ats_model_ready",
+            "1 while a model version serves, else 0",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.grpc_started = Counter(
+            "grpc_server_started",
+            "RPCs started on the server",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            registry=registry,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self.grpc_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from RPC start to its status",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
         # Tile-reference readers (issue 5) count into these; they exist from the
         # start so dashboards and alerts see zeros rather than missing series.
-        self.tile_bytes_read = Counter("ats_tile_bytes_read", "Bytes read from storage for tile references",
-                                       registry=registry)
-        self.tiles_decoded = Counter("ats_tiles_decoded", "Tiles decoded for tile references",
-                                     registry=registry)
+        self.tile_bytes_read = Counter(
+            "ats_tile_bytes_read", "Bytes read from storage for tile references", registry=registry
+        )
+        self.tiles_decoded = Counter(
+            "ats_tiles_decoded", "Tiles decoded for tile references", registry=registry
+        )
         self.tile_cache_hits = Counter("ats_tile_cache_hits", "Decoded-tile cache hits", registry=registry)
-        self.tile_cache_misses = Counter("ats_tile_cache_misses", "Decoded-tile cache misses",
-                                         registry=registry)
+        self.tile_cache_misses = Counter(
+            "ats_tile_cache_misses", "Decoded-tile cache misses", registry=registry
+        )
 
-    def observe_prediction(self, model: str, timings: dict[str, float], megapixels: float,
-                           n_patches: int) -> None:
+    def observe_prediction(
+        self, model: str, timings: dict[str, float], megapixels: float, n_patches: int
+    ) -> None:
         for stage, seconds in timings.items():
             self.stage_seconds.labels(model, stage).observe(seconds)
         self.image_megapixels.labels(model).observe(megapixels)

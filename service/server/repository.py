@@ -6,6 +6,7 @@ Requests hold a reference to the version they started on, so removing a
 version never breaks a request in flight: the version leaves the registry and
 its memory goes once the last such request ends.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ import logging
 import pathlib
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from model_ops.export import METADATA_FILE
 from service.pipeline.errors import InvalidInput, NotFound, PipelineError
@@ -75,8 +76,13 @@ Listener = Callable[[str, int, State], None]
 class ModelRegistry:
     """Loaded versions by model; thread-safe; one poller thread mutates it."""
 
-    def __init__(self, root: pathlib.Path, default_model: str,
-                 warm_up: Callable[[ServableModel], None], listeners: Iterable[Listener] = ()) -> None:
+    def __init__(
+        self,
+        root: pathlib.Path,
+        default_model: str,
+        warm_up: Callable[[ServableModel], None],
+        listeners: Iterable[Listener] = (),
+    ) -> None:
         self.root = root
         self._default_model = default_model
         self._warm_up = warm_up
@@ -97,8 +103,10 @@ class ModelRegistry:
 
     def snapshot(self) -> dict[str, list[VersionEntry]]:
         with self._lock:
-            return {name: [dataclasses.replace(e) for _, e in sorted(versions.items())]
-                    for name, versions in self._models.items()}
+            return {
+                name: [dataclasses.replace(e) for _, e in sorted(versions.items())]
+                for name, versions in self._models.items()
+            }
 
     def any_ready(self) -> bool:
         with self._lock:
@@ -109,9 +117,11 @@ class ModelRegistry:
         if not name:
             name = self.default_model()
             if not name:
-                raise InvalidInput("model_name is required: this server serves several models "
-                                   f"({', '.join(self.snapshot())}) and has no default",
-                                   field="model_name")
+                raise InvalidInput(
+                    "model_name is required: this server serves several models "
+                    f"({', '.join(self.snapshot())}) and has no default",
+                    field="model_name",
+                )
         with self._lock:
             versions = self._models.get(name)
             if versions is None:
@@ -123,8 +133,11 @@ class ModelRegistry:
                 return ready[max(ready)].servable
             if version not in ready:
                 state = versions[version].state.value if version in versions else "absent"
-                raise NotFound(f"version {version} of model {name!r} is not available ({state}); "
-                               f"ready: {sorted(ready) or 'none'}", field="model_version")
+                raise NotFound(
+                    f"version {version} of model {name!r} is not available ({state}); "
+                    f"ready: {sorted(ready) or 'none'}",
+                    field="model_version",
+                )
             return ready[version].servable
 
     # -- writing side (poller thread) --------------------------------------
@@ -135,13 +148,15 @@ class ModelRegistry:
             for version, path in sorted(versions.items()):
                 self._maybe_load(name, version, path)
         with self._lock:
-            gone = [(n, v) for n, versions in self._models.items() for v in versions
-                    if v not in found.get(n, {})]
+            gone = [
+                (n, v) for n, versions in self._models.items() for v in versions if v not in found.get(n, {})
+            ]
         for name, version in gone:
             self._unload(name, version)
 
     def start(self, interval: float) -> None:
         """Scan now and then every ``interval`` seconds (0: only now) in the background."""
+
         def loop() -> None:
             while not self._stop.is_set():
                 try:
@@ -150,6 +165,7 @@ class ModelRegistry:
                     log.exception("repository scan failed")
                 if interval <= 0 or self._stop.wait(interval):
                     return
+
         self._thread = threading.Thread(target=loop, name="repository-poller", daemon=True)
         self._thread.start()
 

@@ -1,18 +1,19 @@
 """The ats.v1.AttentionSampling servicer: protocol only. It resolves the model,
 holds a prediction slot, hands the payload to the pipeline, and maps results
 and errors to messages, statuses and metrics."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
+
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
-
 from service.pipeline import runner
 from service.pipeline.errors import Cancelled, InvalidInput, NotFound, PipelineError, TooLarge
 from service.pipeline.payload import Payload
@@ -49,8 +50,15 @@ def _caller_gone(context: grpc.ServicerContext, settle: bool) -> str | None:
 
 
 class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: SourceLimits,
-                 max_concurrent: int, queue_timeout: float, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        limits: SourceLimits,
+        max_concurrent: int,
+        queue_timeout: float,
+        max_message_bytes: int,
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._limits = limits
@@ -62,47 +70,63 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         return self._predict("Predict", request, lambda: convert.payload(request), context)
 
-    def PredictStream(self, requests: Iterator[pb.PredictStreamRequest],
-                      context: grpc.ServicerContext) -> pb.PredictResponse:
+    def PredictStream(
+        self, requests: Iterator[pb.PredictStreamRequest], context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
         try:
             first = next(requests)
         except (StopIteration, grpc.RpcError):
             first = None
         if first is None or first.WhichOneof("part") != "header":
             self._metrics.requests.labels("", "", "PredictStream", "INVALID_ARGUMENT").inc()
-            status.abort(context, InvalidInput("the first message of a stream must be its header",
-                                               field="header"))
+            status.abort(
+                context, InvalidInput("the first message of a stream must be its header", field="header")
+            )
         header = first.header
-        return self._predict("PredictStream", header,
-                             lambda: convert.stream_payload(header, self._receive(requests)), context)
+        return self._predict(
+            "PredictStream", header, lambda: convert.stream_payload(header, self._receive(requests)), context
+        )
 
-    def GetModelMetadata(self, request: pb.GetModelMetadataRequest,
-                         context: grpc.ServicerContext) -> pb.ModelMetadata:
+    def GetModelMetadata(
+        self, request: pb.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadata:
         name = request.model_name or self._registry.default_model()
         versions = self._registry.snapshot().get(name)
         if versions is None:
-            error = (NotFound(f"model {name!r} is not in the repository", field="model_name") if name else
-                     InvalidInput("model_name is required: the server has several models and no default",
-                                  field="model_name"))
+            error = (
+                NotFound(f"model {name!r} is not in the repository", field="model_name")
+                if name
+                else InvalidInput(
+                    "model_name is required: the server has several models and no default", field="model_name"
+                )
+            )
             self._metrics.requests.labels(name, "", "GetModelMetadata", error.code).inc()
             status.abort(context, error)
         self._metrics.requests.labels(name, "", "GetModelMetadata", "OK").inc()
         return convert.metadata(name, versions, self._input_support())
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
         self._metrics.requests.labels("", "", "ListModels", "OK").inc()
         support = self._input_support()
         return pb.ListModelsResponse(
             models=[convert.metadata(n, v, support) for n, v in self._registry.snapshot().items()],
-            default_model=self._registry.default_model())
+            default_model=self._registry.default_model(),
+        )
 
     def _input_support(self) -> pb.InputSupport:
         """Built per call: source kinds can be registered after start."""
         return convert.input_support(self._limits, self._max_message_bytes)
 
     # -- shared path -------------------------------------------------------
-    def _predict(self, rpc: str, request: pb.PredictRequest, read_payload: Callable[[], Payload],
-                 context: grpc.ServicerContext) -> pb.PredictResponse:
+    def _predict(
+        self,
+        rpc: str,
+        request: pb.PredictRequest,
+        read_payload: Callable[[], Payload],
+        context: grpc.ServicerContext,
+    ) -> pb.PredictResponse:
         labels = [request.model_name, str(request.model_version or ""), rpc]
         code = "OK"
         self._metrics.in_flight.inc()
@@ -112,9 +136,12 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
             options = convert.options(request)
             with self._slot(context):
                 prediction = runner.run(model, read_payload(), options, self._limits, context.is_active)
-            self._metrics.observe_prediction(model.name, prediction.timings,
-                                             prediction.image_shape[0] * prediction.image_shape[1] / 1e6,
-                                             len(prediction.offsets))
+            self._metrics.observe_prediction(
+                model.name,
+                prediction.timings,
+                prediction.image_shape[0] * prediction.image_shape[1] / 1e6,
+                len(prediction.offsets),
+            )
             return convert.response(model.name, model.version, model.spec, prediction, request.output)
         except PipelineError as err:
             code = _caller_gone(context, settle=rpc == "PredictStream") or err.code
@@ -137,8 +164,9 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
         remaining = context.time_remaining()
         wait = self._queue_timeout if remaining is None else max(0.0, min(self._queue_timeout, remaining))
         if not self._slots.acquire(timeout=wait):
-            raise AtCapacity("server at capacity: every prediction slot stayed busy for "
-                             f"{wait:.2f} s; retry later")
+            raise AtCapacity(
+                f"server at capacity: every prediction slot stayed busy for {wait:.2f} s; retry later"
+            )
         try:
             yield
         finally:
@@ -153,8 +181,10 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
                     raise InvalidInput("only the first message of a stream may be a header", field="header")
                 total += len(message.chunk)
                 if total > self._limits.max_image_bytes:
-                    raise TooLarge(f"streamed image exceeds the server limit of "
-                                   f"{self._limits.max_image_bytes} bytes", field="chunk")
+                    raise TooLarge(
+                        f"streamed image exceeds the server limit of {self._limits.max_image_bytes} bytes",
+                        field="chunk",
+                    )
                 chunks.append(message.chunk)
         except grpc.RpcError:
             raise Cancelled("caller went away during the upload") from None

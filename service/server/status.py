@@ -1,5 +1,6 @@
 """Turns pipeline errors into gRPC statuses with google.rpc details, so a
 client can tell which request field was wrong without parsing messages."""
+
 from __future__ import annotations
 
 import grpc
@@ -15,7 +16,8 @@ def to_status(code: str, message: str, field: str | None = None) -> grpc.Status:
     details = []
     if field:
         violation = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)])
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+        )
         packed = any_pb2.Any()
         packed.Pack(violation)
         details.append(packed)

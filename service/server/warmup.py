@@ -1,6 +1,7 @@
 """Warm-up: one full prediction on a synthetic image before a version is
 marked ready, so the first real request does not pay for tracing and
 allocation (and a version that cannot predict never serves)."""
+
 from __future__ import annotations
 
 import math

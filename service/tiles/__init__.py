@@ -4,6 +4,7 @@ patches the model looks at.
 
 ``enable_tile_sources`` is the single entry point the server calls at start.
 """
+
 from __future__ import annotations
 
 from service.pipeline.sources import register_source
@@ -16,8 +17,9 @@ DEFAULT_CACHE_BYTES = 256 << 20
 __all__ = ["DEFAULT_CACHE_BYTES", "FORMATS", "TileOpener", "enable_tile_sources"]
 
 
-def enable_tile_sources(data_root: str, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                        counters: TileCounters | None = None) -> TileOpener | None:
+def enable_tile_sources(
+    data_root: str, cache_bytes: int = DEFAULT_CACHE_BYTES, counters: TileCounters | None = None
+) -> TileOpener | None:
     """Serve ``tile`` references under ``data_root`` with a decoded-tile cache of
     ``cache_bytes``, counting reads into ``counters`` (the server's metrics).
 

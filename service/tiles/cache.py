@@ -4,11 +4,12 @@ Sized in bytes, not entries: a 512x512 RGB tile and a 256x256 grayscale one
 differ 12-fold. Concurrent requests for the same missing tile decode it once:
 the first loads, the others wait for its result.
 """
+
 from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 

@@ -3,6 +3,7 @@
 Subclasses of ``PipelineError``: the servicer maps any of them to the gRPC
 status named by ``code``.
 """
+
 from __future__ import annotations
 
 from service.pipeline.errors import PipelineError

@@ -1,4 +1,5 @@
 """The ``tile`` source opener: confine, open (or reuse) a reader, wrap it for one request."""
+
 from __future__ import annotations
 
 import collections

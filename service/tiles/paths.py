@@ -6,6 +6,7 @@ and the file actually opened is checked again through its descriptor, so a
 path swapped between the check and the open cannot slip a device, a FIFO or
 a file outside the root past the check.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,11 @@ def _resolve(root: str, reference: str) -> str:
     if "\0" in reference:
         raise InvalidInput("tile.path contains a NUL byte", field=FIELD)
     if _URL.match(reference):
-        raise Unsupported("remote tile references (URLs) are not supported by this server; "
-                          "reference a file under its data root", field=FIELD)
+        raise Unsupported(
+            "remote tile references (URLs) are not supported by this server; "
+            "reference a file under its data root",
+            field=FIELD,
+        )
     if ".." in reference.replace("\\", "/").split("/"):
         raise PermissionDenied("tile.path may not contain '..'", field=FIELD)
     real = os.path.realpath(os.path.join(root, reference))

@@ -1,5 +1,6 @@
 """The pipeline's ``ImageSource`` over a tiled reader: the low-resolution view
 from the pyramid, patches as full-resolution regions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,11 +36,14 @@ def choose_level(level_shapes: list[tuple[int, int]], size: tuple[int, int]) -> 
 class TileSource(ImageSource):
     """One request's view of a (shared) reader; counts what the request reads."""
 
-    def __init__(self, reader: Reader, channels: int, level: int | None, max_level_pixels: int,
-                 recorder: Recorder) -> None:
+    def __init__(
+        self, reader: Reader, channels: int, level: int | None, max_level_pixels: int, recorder: Recorder
+    ) -> None:
         if level is not None and not 0 <= level < len(reader.grids):
-            raise InvalidInput(f"tile.level {level} does not exist: the image has levels 0 to "
-                               f"{len(reader.grids) - 1}", field="tile.level")
+            raise InvalidInput(
+                f"tile.level {level} does not exist: the image has levels 0 to {len(reader.grids) - 1}",
+                field="tile.level",
+            )
         self._reader = reader
         self._channels = channels
         self._level = level
@@ -66,25 +70,33 @@ class TileSource(ImageSource):
             return choose_level(shapes, size)
         height, width = shapes[self._level]
         if height < size[0] or width < size[1]:
-            raise InvalidInput(f"tile.level {self._level} ({width}x{height}) is coarser than the model's "
-                               f"low-resolution view ({size[1]}x{size[0]}); use level "
-                               f"{choose_level(shapes, size)} or lower", field="tile.level")
+            raise InvalidInput(
+                f"tile.level {self._level} ({width}x{height}) is coarser than the model's "
+                f"low-resolution view ({size[1]}x{size[0]}); use level "
+                f"{choose_level(shapes, size)} or lower",
+                field="tile.level",
+            )
         return self._level
 
     def low_view(self, size: tuple[int, int]) -> tf.Tensor:
         level = self.level_for(size)
         height, width = self._reader.level_shapes[level]
         if height * width > self._max_level_pixels:
-            raise TooLarge(f"the image has no pyramid level close to the model's view: level {level} is "
-                           f"{width}x{height} = {height * width} pixels, over the server limit of "
-                           f"{self._max_level_pixels}; add pyramid levels to the file", field="tile.path")
+            raise TooLarge(
+                f"the image has no pyramid level close to the model's view: level {level} is "
+                f"{width}x{height} = {height * width} pixels, over the server limit of "
+                f"{self._max_level_pixels}; add pyramid levels to the file",
+                field="tile.path",
+            )
         pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
         return low_resolution_view(pixels[np.newaxis], size)
 
     def patches(self, offsets: tf.Tensor, patch_size: tuple[int, int]) -> tf.Tensor:
         height, width = patch_size
         starts = np.asarray(offsets)[0]
-        crops = [self._reader.read(0, int(y), int(x), height, width, self._channels, self._recorder)
-                 for y, x in starts]
+        crops = [
+            self._reader.read(0, int(y), int(x), height, width, self._channels, self._recorder)
+            for y, x in starts
+        ]
         stacked = np.stack(crops) if crops else np.zeros((0, height, width, self._channels), np.uint8)
         return tf.convert_to_tensor(stacked[np.newaxis])

@@ -6,6 +6,7 @@ with its source, so the service can report per request) and into the
 process totals, which also feed the Prometheus counters of the shared
 metrics contract when a server binds them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,12 @@ from prometheus_client import Counter
 
 FIELDS = ("bytes_read", "tiles_decoded", "cache_hits", "cache_misses")
 # ReadStats field -> attribute of the server's counters (names of the shared metrics contract)
-_COUNTER_OF = {"bytes_read": "tile_bytes_read", "tiles_decoded": "tiles_decoded",
-               "cache_hits": "tile_cache_hits", "cache_misses": "tile_cache_misses"}
+_COUNTER_OF = {
+    "bytes_read": "tile_bytes_read",
+    "tiles_decoded": "tiles_decoded",
+    "cache_hits": "tile_cache_hits",
+    "cache_misses": "tile_cache_misses",
+}
 
 
 class TileCounters(Protocol):
@@ -89,7 +94,7 @@ def thread_bytes_read() -> int | None:
 class ThreadReadMeter:
     """Bytes read by the current thread inside a ``with`` block."""
 
-    def __enter__(self) -> "ThreadReadMeter":
+    def __enter__(self) -> ThreadReadMeter:
         self._start = thread_bytes_read()
         self.bytes = 0
         return self

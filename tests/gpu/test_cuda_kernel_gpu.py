@@ -7,6 +7,7 @@ kernels' bandwidth next to a device-to-device copy of the same bytes.
 Needs a GPU and CuPy, so the default test run does not collect tests/gpu/
 (pyproject's norecursedirs); on a GPU machine run ``python -m pytest tests/gpu``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,14 +18,24 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from test_extract_patches_reference import (DTYPES, random_case, random_images,  # noqa: E402
-                                            reference_patches, reference_scatter)
+from test_extract_patches_reference import (
+    DTYPES,
+    random_case,
+    random_images,
+    reference_patches,
+    reference_scatter,
+)
 
-HEADER = (pathlib.Path(__file__).resolve().parents[2] / "model_ops" / "cc" / "kernels"
-          / "extract_patches_gpu.cu.h")
-C_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.uint16): "unsigned short",
-           np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
-           np.dtype(np.float64): "double"}
+HEADER = (
+    pathlib.Path(__file__).resolve().parents[2] / "model_ops" / "cc" / "kernels" / "extract_patches_gpu.cu.h"
+)
+C_TYPES = {
+    np.dtype(np.uint8): "unsigned char",
+    np.dtype(np.uint16): "unsigned short",
+    np.dtype(np.float16): "__half",
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+}
 PAIRS = [(d, d) for d in DTYPES] + [(np.uint8, np.float32), (np.uint16, np.float32)]
 FLOATS = [np.float16, np.float32, np.float64]
 
@@ -33,6 +44,7 @@ def _gpu():
     """CuPy when a GPU is usable, else None."""
     try:
         import cupy
+
         return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
     except Exception:  # no CuPy, no driver or no device: all mean no GPU here
         return None
@@ -43,8 +55,7 @@ needs_gpu = pytest.mark.skipif(cp is None, reason="no GPU with CuPy on this mach
 
 
 def _forward_name(in_dtype, out_dtype) -> str:
-    return f"ats::extract_patches_kernel<{C_TYPES[np.dtype(in_dtype)]}, " \
-           f"{C_TYPES[np.dtype(out_dtype)]}>"
+    return f"ats::extract_patches_kernel<{C_TYPES[np.dtype(in_dtype)]}, {C_TYPES[np.dtype(out_dtype)]}>"
 
 
 def _grad_name(dtype) -> str:
@@ -88,8 +99,7 @@ def gpu_patches(images, offsets, size, fill=0.0, out_dtype=None, scale=1.0, thre
     out = cp.empty((images.shape[0], offsets.shape[1], *size, images.shape[-1]), out_dtype)
     geometry = _geometry(images.shape, offsets.shape[1], size)
     kernel = _module().get_function(_forward_name(images.dtype, out_dtype))
-    _launch(kernel, geometry, (x, o, out, *geometry, np.float32(scale), np.float32(fill)),
-            threads_x)
+    _launch(kernel, geometry, (x, o, out, *geometry, np.float32(scale), np.float32(fill)), threads_x)
     return out
 
 
@@ -114,22 +124,21 @@ def test_forward_kernel_matches_numpy(pair, n_dims, threads_x):
     for _ in range(8):
         images, offsets, size = random_case(rng, n_dims, in_dtype)
         got = gpu_patches(images, offsets, size, 3.0, out_dtype, scale, threads_x).get()
-        np.testing.assert_array_equal(
-            got, reference_patches(images, offsets, size, 3, out_dtype, scale))
+        np.testing.assert_array_equal(got, reference_patches(images, offsets, size, 3, out_dtype, scale))
 
 
 @needs_gpu
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
-@pytest.mark.parametrize("dtype, rtol", [(np.float16, 1e-2), (np.float32, 1e-5),
-                                         (np.float64, 1e-12)])
+@pytest.mark.parametrize("dtype, rtol", [(np.float16, 1e-2), (np.float32, 1e-5), (np.float64, 1e-12)])
 def test_gradient_kernel_matches_numpy(dtype, rtol, n_dims):
     rng = np.random.default_rng(n_dims)
     for _ in range(8):
         images, offsets, size = random_case(rng, n_dims, dtype)
         grad = random_images(rng, (*offsets.shape[:2], *size, images.shape[-1]), dtype)
         got = gpu_scatter(grad, offsets, images.shape, 0.5).get()
-        np.testing.assert_allclose(got, reference_scatter(grad, offsets, images.shape, 0.5),
-                                   rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(
+            got, reference_scatter(grad, offsets, images.shape, 0.5), rtol=rtol, atol=rtol
+        )
 
 
 def _median_ms(fn, repeats: int = 50) -> float:
@@ -147,14 +156,14 @@ def _median_ms(fn, repeats: int = 50) -> float:
 def bandwidth_table() -> str:
     """Markdown: kernel vs device-to-device copy of the same bytes (read + write)."""
     rng = np.random.default_rng(0)
-    rows = ["| input -> output | patches | kernel ms | GB/s | D2D copy GB/s | ratio |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    for in_dtype, out_dtype in [(np.uint8, np.uint8), (np.float32, np.float32),
-                                (np.uint8, np.float32)]:
+    rows = [
+        "| input -> output | patches | kernel ms | GB/s | D2D copy GB/s | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for in_dtype, out_dtype in [(np.uint8, np.uint8), (np.float32, np.float32), (np.uint8, np.float32)]:
         images = random_images(rng, (1, 4096, 4096, 3), in_dtype)
         for n_patches, size in [(16, 64), (16, 256), (1024, 256)]:
-            offsets = rng.integers(-size // 2, 4096 - size // 2,
-                                   size=(1, n_patches, 2)).astype(np.int32)
+            offsets = rng.integers(-size // 2, 4096 - size // 2, size=(1, n_patches, 2)).astype(np.int32)
             x, o = cp.asarray(images), cp.asarray(offsets)
             out = cp.empty((1, n_patches, size, size, 3), out_dtype)
             geometry = _geometry(images.shape, n_patches, (size, size))
@@ -165,9 +174,11 @@ def bandwidth_table() -> str:
             src, dst = cp.empty(moved // 2, cp.uint8), cp.empty(moved // 2, cp.uint8)
             copy_ms = _median_ms(lambda: dst.__setitem__(Ellipsis, src))
             gbs, copy_gbs = moved / ms / 1e6, moved / copy_ms / 1e6
-            rows.append(f"| {np.dtype(in_dtype)} -> {np.dtype(out_dtype)} | {n_patches} x "
-                        f"{size}x{size} | {ms:.4f} | {gbs:.0f} | {copy_gbs:.0f} | "
-                        f"{gbs / copy_gbs:.2f} |")
+            rows.append(
+                f"| {np.dtype(in_dtype)} -> {np.dtype(out_dtype)} | {n_patches} x "
+                f"{size}x{size} | {ms:.4f} | {gbs:.0f} | {copy_gbs:.0f} | "
+                f"{gbs / copy_gbs:.2f} |"
+            )
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     return f"GPU: {device}, CuPy {cp.__version__}\n\n" + "\n".join(rows)
 

@@ -1,6 +1,7 @@
 """Picks the reader for a confined file: vendor slide formats by extension
 (several are TIFF inside, but only OpenSlide knows their layout), the rest by
 their first bytes, never by a name a client chose."""
+
 from __future__ import annotations
 
 from service.pipeline.errors import InvalidInput
@@ -16,8 +17,14 @@ from service.tiles.readers.tiff import TiffReader
 from service.tiles.stats import Recorder
 
 # What GetModelMetadata can announce for tile references.
-FORMATS = ("TIFF", "BIGTIFF", "OME-TIFF", "PNG", "JPEG",
-           *(ext.lstrip(".").upper() for ext in SLIDE_EXTENSIONS))
+FORMATS = (
+    "TIFF",
+    "BIGTIFF",
+    "OME-TIFF",
+    "PNG",
+    "JPEG",
+    *(ext.lstrip(".").upper() for ext in SLIDE_EXTENSIONS),
+)
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 _PLAIN_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
@@ -31,6 +38,13 @@ def open_reader(file: ConfinedFile, cache: TileCache, recorder: Recorder, limits
     if head.startswith(_TIFF_MAGIC):
         return TiffReader(file.fd, file.size, file.identity, cache, recorder)
     if head.startswith(_PLAIN_MAGIC):
-        return PlainReader(file.fd, file.size, file.identity, cache, recorder, limits.max_image_pixels,
-                           limits.max_image_bytes)
+        return PlainReader(
+            file.fd,
+            file.size,
+            file.identity,
+            cache,
+            recorder,
+            limits.max_image_pixels,
+            limits.max_image_bytes,
+        )
     raise InvalidInput(f"not a readable image: tile references accept {', '.join(FORMATS)}", field=FIELD)

@@ -5,11 +5,12 @@ assembles any region of a level from the tiles it touches, each decoded once
 and kept in the shared cache. Formats differ only in how one tile is loaded;
 a plain PNG is a pyramid of one level made of one tile.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Hashable
+from collections.abc import Hashable
 
 import numpy as np
 from PIL import Image
@@ -65,13 +66,15 @@ class Reader(abc.ABC):
         recording bytes read and tiles decoded."""
 
     def _tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
-        tile, hit = self._cache.get((self._identity, level, row, col),
-                                    lambda: self._load_tile(level, row, col, recorder))
+        tile, hit = self._cache.get(
+            (self._identity, level, row, col), lambda: self._load_tile(level, row, col, recorder)
+        )
         recorder.record(cache_hits=int(hit), cache_misses=int(not hit))
         return tile
 
-    def read(self, level: int, top: int, left: int, height: int, width: int, channels: int,
-             recorder: Recorder) -> np.ndarray:
+    def read(
+        self, level: int, top: int, left: int, height: int, width: int, channels: int, recorder: Recorder
+    ) -> np.ndarray:
         """(height, width, channels) uint8 region of ``level``; outside the level = zeros."""
         grid = self.grids[level]
         out = np.zeros((height, width, self.native_channels), np.uint8)
@@ -80,16 +83,31 @@ class Reader(abc.ABC):
         if y0 < y1 and x0 < x1:
             for row in range(y0 // grid.tile_height, (y1 - 1) // grid.tile_height + 1):
                 for col in range(x0 // grid.tile_width, (x1 - 1) // grid.tile_width + 1):
-                    self._paste(out, self._tile(level, row, col, recorder), row * grid.tile_height,
-                                col * grid.tile_width, top, left, (y0, y1, x0, x1))
+                    self._paste(
+                        out,
+                        self._tile(level, row, col, recorder),
+                        row * grid.tile_height,
+                        col * grid.tile_width,
+                        top,
+                        left,
+                        (y0, y1, x0, x1),
+                    )
         return convert_channels(out, channels)
 
     @staticmethod
-    def _paste(out: np.ndarray, tile: np.ndarray, tile_top: int, tile_left: int, top: int, left: int,
-               bounds: tuple[int, int, int, int]) -> None:
+    def _paste(
+        out: np.ndarray,
+        tile: np.ndarray,
+        tile_top: int,
+        tile_left: int,
+        top: int,
+        left: int,
+        bounds: tuple[int, int, int, int],
+    ) -> None:
         """Copy the part of ``tile`` inside ``bounds`` (level coordinates) into ``out`` (at top, left)."""
         y0, y1, x0, x1 = bounds
         ty0, ty1 = max(y0, tile_top), min(y1, tile_top + tile.shape[0])
         tx0, tx1 = max(x0, tile_left), min(x1, tile_left + tile.shape[1])
-        out[ty0 - top:ty1 - top, tx0 - left:tx1 - left] = \
-            tile[ty0 - tile_top:ty1 - tile_top, tx0 - tile_left:tx1 - tile_left]
+        out[ty0 - top : ty1 - top, tx0 - left : tx1 - left] = tile[
+            ty0 - tile_top : ty1 - tile_top, tx0 - tile_left : tx1 - tile_left
+        ]

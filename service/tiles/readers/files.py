@@ -1,5 +1,6 @@
 """Reading a confined file by descriptor: positioned reads that any number of
 threads can issue at once, counted where a parser does the reading."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import os
 from service.pipeline.errors import InvalidInput
 from service.tiles.paths import FIELD
 from service.tiles.stats import Recorder
-
 
 
 def pread_exact(fd: int, count: int, offset: int) -> bytes:
@@ -49,7 +49,7 @@ class CountingFile(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:
         data = os.pread(self.fd, len(buffer), self._position)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self._position += len(data)
         if self.recorder is not None:
             self.recorder.record(bytes_read=len(data))

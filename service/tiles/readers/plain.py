@@ -8,10 +8,11 @@ decode. Those levels come from the DCT, not from area averaging: a JPEG's
 low view can differ slightly from the one its uploaded pixels give (see
 service/tiles/README.md).
 """
+
 from __future__ import annotations
 
 import io
-from typing import Hashable
+from collections.abc import Hashable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -28,22 +29,38 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 class PlainReader(Reader):
-    def __init__(self, fd: int, size: int, identity: Hashable, cache: TileCache, recorder: Recorder,
-                 max_pixels: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        identity: Hashable,
+        cache: TileCache,
+        recorder: Recorder,
+        max_pixels: int,
+        max_bytes: int,
+    ) -> None:
         self._file = CountingFile(fd, size, None)
         if size > max_bytes:
-            raise TooLarge(f"{size} bytes exceed the server limit of {max_bytes} bytes for an image "
-                           "decoded whole; tile it as a pyramidal TIFF", field=FIELD)
+            raise TooLarge(
+                f"{size} bytes exceed the server limit of {max_bytes} bytes for an image "
+                "decoded whole; tile it as a pyramidal TIFF",
+                field=FIELD,
+            )
         with self._open(CountingFile(fd, size, recorder, owns_fd=False)) as image:
             width, height = image.size
             if height * width > max_pixels:
-                raise TooLarge(f"image of {width}x{height} = {height * width} pixels exceeds the server "
-                               f"limit of {max_pixels} pixels for an image decoded whole; tile it as a "
-                               "pyramidal TIFF", field=FIELD)
+                raise TooLarge(
+                    f"image of {width}x{height} = {height * width} pixels exceeds the server "
+                    f"limit of {max_pixels} pixels for an image decoded whole; tile it as a "
+                    "pyramidal TIFF",
+                    field=FIELD,
+                )
             self.format_name = image.format
             self._mode = "L" if image.mode in _GRAY_MODES else "RGB"
         self._full_size = (width, height)
-        reductions = [r for r in _JPEG_REDUCTIONS if r <= min(height, width)] if self.format_name == "JPEG" else [1]
+        reductions = (
+            [r for r in _JPEG_REDUCTIONS if r <= min(height, width)] if self.format_name == "JPEG" else [1]
+        )
         grids = []
         for reduction in reductions:  # libjpeg's scaled output is ceil(size / reduction)
             h, w = -(-height // reduction), -(-width // reduction)
@@ -67,13 +84,19 @@ class PlainReader(Reader):
             try:
                 if level:  # Pillow picks the largest reduction r with size // r >= the size asked for
                     reduction = self._reductions[level]
-                    image.draft(image.mode, (self._full_size[0] // reduction, self._full_size[1] // reduction))
+                    image.draft(
+                        image.mode, (self._full_size[0] // reduction, self._full_size[1] // reduction)
+                    )
                 image.load()
                 pixels = np.asarray(image.convert(self._mode))
             except (OSError, SyntaxError, ValueError, EOFError) as err:
-                raise InvalidInput(f"corrupt or truncated {self.format_name} image: {err}",
-                                   field=FIELD) from None
+                raise InvalidInput(
+                    f"corrupt or truncated {self.format_name} image: {err}", field=FIELD
+                ) from None
         if pixels.shape[:2] != (grid.height, grid.width):
-            raise InvalidInput(f"{self.format_name} decoded at level {level} to {pixels.shape[:2]}, "
-                               f"expected {(grid.height, grid.width)}", field=FIELD)
+            raise InvalidInput(
+                f"{self.format_name} decoded at level {level} to {pixels.shape[:2]}, "
+                f"expected {(grid.height, grid.width)}",
+                field=FIELD,
+            )
         return pixels.reshape(grid.height, grid.width, self.native_channels)

@@ -7,9 +7,10 @@ this reader lays a fixed grid over each level and reads one grid cell per
 the calling thread: the bytes it reads are measured from the kernel's
 per-thread read counter around each call.
 """
+
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -38,8 +39,9 @@ def _openslide_cache():
 
 
 class SlideReader(Reader):
-    def __init__(self, fd: int, size: int, path: str, identity: Hashable, cache: TileCache,
-                 recorder: Recorder) -> None:
+    def __init__(
+        self, fd: int, size: int, path: str, identity: Hashable, cache: TileCache, recorder: Recorder
+    ) -> None:
         import openslide
 
         self._file = CountingFile(fd, size, None)  # held open: the file cannot be swapped under us
@@ -63,7 +65,9 @@ class SlideReader(Reader):
         size = (min(GRID, grid.width - left), min(GRID, grid.height - top))
         try:
             with ThreadReadMeter() as meter:
-                region = self._slide.read_region((round(left * downsample), round(top * downsample)), level, size)
+                region = self._slide.read_region(
+                    (round(left * downsample), round(top * downsample)), level, size
+                )
         except openslide.OpenSlideError as err:
             raise InvalidInput(f"corrupt slide region at level {level}: {err}", field=FIELD) from None
         recorder.record(bytes_read=meter.bytes, tiles_decoded=1)

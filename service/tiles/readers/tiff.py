@@ -6,9 +6,10 @@ decoded with the page's own decoder, so exactly the bytes of the tiles a
 region touches are read, counted, and nothing else. Striped (untiled) TIFFs
 work too, a strip being a tile as wide as the image, within a size bound.
 """
+
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 import numpy as np
 import tifffile
@@ -28,8 +29,11 @@ _PHOTOMETRIC = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifff
 def _level_page(level: tifffile.TiffPageSeries, index: int) -> tifffile.TiffPage:
     """The one page of a pyramid level, checked to be something we can serve."""
     if int(np.prod([n for n, axis in zip(level.shape, level.axes) if axis not in "YXS"])) != 1:
-        raise InvalidInput(f"TIFF series of shape {level.shape} (axes {level.axes}) has several planes; "
-                           "only single-plane grayscale or RGB images are supported", field=FIELD)
+        raise InvalidInput(
+            f"TIFF series of shape {level.shape} (axes {level.axes}) has several planes; "
+            "only single-plane grayscale or RGB images are supported",
+            field=FIELD,
+        )
     page = level.keyframe
     problems = []
     if page.dtype != np.uint8:
@@ -51,15 +55,20 @@ def _grid(page: tifffile.TiffPage) -> LevelGrid:
     if page.is_tiled:
         grid = LevelGrid(page.imagelength, page.imagewidth, page.tilelength, page.tilewidth)
     else:
-        grid = LevelGrid(page.imagelength, page.imagewidth, min(page.rowsperstrip, page.imagelength),
-                         page.imagewidth)
+        grid = LevelGrid(
+            page.imagelength, page.imagewidth, min(page.rowsperstrip, page.imagelength), page.imagewidth
+        )
     if grid.tile_height * grid.tile_width * page.samplesperpixel > MAX_SEGMENT_BYTES:
-        raise InvalidInput(f"TIFF segments of {grid.tile_width}x{grid.tile_height} pixels are too large to "
-                           "read by region; save the image tiled (e.g. 256x256 tiles)", field=FIELD)
+        raise InvalidInput(
+            f"TIFF segments of {grid.tile_width}x{grid.tile_height} pixels are too large to "
+            "read by region; save the image tiled (e.g. 256x256 tiles)",
+            field=FIELD,
+        )
     expected = -(-grid.height // grid.tile_height) * -(-grid.width // grid.tile_width)
     if len(page.dataoffsets) != expected or len(page.databytecounts) != expected:
-        raise InvalidInput(f"corrupt TIFF: {len(page.dataoffsets)} segment offsets for {expected} segments",
-                           field=FIELD)
+        raise InvalidInput(
+            f"corrupt TIFF: {len(page.dataoffsets)} segment offsets for {expected} segments", field=FIELD
+        )
     return grid
 
 

@@ -1,1 +1,0 @@
-"""Compiled pieces of model_ops: the patch op and its loader (see ``ops``)."""
