@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from model_ops.export import (
     load_metadata,
     load_model,
 )
+from model_ops.op_library import op_library_version
 from model_ops.patch_ops import extract_patches
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -198,16 +200,34 @@ def _copy_with(version_dir, tmp_path, **changes) -> pathlib.Path:
     return copy
 
 
-def test_tensorflow_mismatch_is_refused(version_dir, tmp_path):
-    copy = _copy_with(version_dir, tmp_path, tensorflow_version="2.0.0")
-    with pytest.raises(IncompatibleModelError, match=r"TensorFlow 2\.0\.0 .*TensorFlow " + tf.__version__):
+@pytest.mark.parametrize("exported", ["3.0.0", "1.15.0", "2.99.0"])
+def test_tensorflow_of_another_major_or_a_newer_minor_is_refused(version_dir, tmp_path, exported):
+    copy = _copy_with(version_dir, tmp_path, tensorflow_version=exported)
+    with pytest.raises(
+        IncompatibleModelError, match=rf"TensorFlow {re.escape(exported)} .*TensorFlow " + tf.__version__
+    ):
         load_model(copy)
 
 
-def test_op_library_mismatch_is_refused(version_dir, tmp_path):
-    copy = _copy_with(version_dir, tmp_path, op_library_version="0.0.1")
-    with pytest.raises(IncompatibleModelError, match=r"op library 0\.0\.1"):
+@pytest.mark.parametrize("exported", ["2.0.0", "2.21.0", "2.21.9", "2.21.0rc1"])
+def test_tensorflow_patch_releases_and_older_minors_are_accepted(version_dir, tmp_path, exported):
+    """A SavedModel of an older or equal TensorFlow 2 release loads (TensorFlow's own promise)."""
+    major, minor = (int(v) for v in tf.__version__.split(".")[:2])
+    assert (major, minor) >= (2, 21)
+    check_compatible(load_metadata(_copy_with(version_dir, tmp_path, tensorflow_version=exported)))
+
+
+@pytest.mark.parametrize("needed", ["0.0.1", "2.0.0", "1.1.0"])
+def test_op_library_mismatch_is_refused(version_dir, tmp_path, needed):
+    """Another major of the op interface, or a newer minor than installed, is refused."""
+    assert op_library_version() == "1.0.0"
+    copy = _copy_with(version_dir, tmp_path, op_library_version=needed)
+    with pytest.raises(IncompatibleModelError, match=rf"op library {re.escape(needed)}"):
         check_compatible(load_metadata(copy))
+
+
+def test_op_library_patch_release_is_accepted(version_dir, tmp_path):
+    check_compatible(load_metadata(_copy_with(version_dir, tmp_path, op_library_version="1.0.7")))
 
 
 def test_bad_metadata(version_dir, tmp_path):
