@@ -15,11 +15,17 @@ ptxas but no nvcc, so this means a CUDA 12 toolkit). Compilers are looked
 for in ``ATS_NVCC``, then ``PATH``, then ``$CUDA_HOME/bin``.
 ``ATS_CUDA_ARCHS`` (e.g. ``80,90``) sets the GPU architectures, ``CXX`` the
 C++ compiler.
+
+A build whose record already matches (same TensorFlow, same sources under
+``cc/``, same CUDA choice) is kept instead of compiled again, so building a
+wheel or reinstalling takes seconds; ``--force`` (``force=True``) rebuilds.
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
+import hashlib
 import json
 import os
 import pathlib
@@ -46,6 +52,18 @@ class BuildError(RuntimeError):
 def op_library_version() -> str:
     """Version of the op's interface (attrs, semantics), from ``cc/VERSION``."""
     return (CC_DIR / "VERSION").read_text().strip()
+
+
+def sources_digest() -> str:
+    """SHA-256 over every file under ``cc/`` (paths and contents): the op's
+    sources, headers, VERSION and this build script."""
+    digest = hashlib.sha256()
+    for path in sorted(CC_DIR.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
+            continue
+        digest.update(path.relative_to(CC_DIR).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _run(cmd: list[str]) -> str:
@@ -77,7 +95,7 @@ def _tensorflow() -> dict:
         "compile_flags": tf.sysconfig.get_compile_flags(),
         "link_flags": tf.sysconfig.get_link_flags(),
         "include": tf.sysconfig.get_include(),
-        "cuda_archs": [a for a in info.get("cuda_compute_capabilities", [])],
+        "cuda_archs": list(info.get("cuda_compute_capabilities", [])),
     }
 
 
@@ -214,22 +232,53 @@ def _compiler_version(cxx: str) -> str:
     return _run([cxx, "--version"]).splitlines()[0]
 
 
+def _up_to_date(out: pathlib.Path, wanted: dict) -> dict | None:
+    """The existing build record when the library beside it was built as
+    ``wanted`` asks (every key of ``wanted`` equal), else None."""
+    try:
+        info = json.loads((out / BUILD_INFO_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (out / LIBRARY_NAME).is_file() or not isinstance(info, dict):
+        return None
+    return info if all(info.get(key) == value for key, value in wanted.items()) else None
+
+
 def build_op_library(
-    output_dir: pathlib.Path | str | None = None, cuda: str | None = None, verbose: bool = True
+    output_dir: pathlib.Path | str | None = None,
+    cuda: str | None = None,
+    verbose: bool = True,
+    force: bool = False,
 ) -> dict:
     """Compile and link the op library; returns the build info also written as JSON.
 
     ``cuda`` is "0", "1" or "auto" and defaults to ``ATS_BUILD_CUDA`` (else auto).
+    Unless ``force``, a library already built for the installed TensorFlow,
+    these sources and this CUDA choice (compiler, release, architectures) is
+    kept and its record returned.
     """
     out = pathlib.Path(output_dir) if output_dir is not None else PACKAGE_DIR
     cxx = _find_cxx()
     tf = _tensorflow()
     selected = _select_nvcc(cuda or os.environ.get("ATS_BUILD_CUDA", "auto"))
+    archs: list[int] = _cuda_archs(selected[0], tf["cuda_archs"]) if selected is not None else []
+    wanted = {
+        "tensorflow_version": tf["version"],
+        "op_library_version": op_library_version(),
+        "sources_sha256": sources_digest(),
+        "cuda": selected is not None,
+        "cuda_version": selected[1] if selected else None,
+        "cuda_archs": archs,
+    }
+    if not force:
+        current = _up_to_date(out, wanted)
+        if current is not None:
+            if verbose:
+                print(f"{LIBRARY_NAME} is up to date (TensorFlow {tf['version']}): not rebuilt", flush=True)
+            return current
     flags = [*tf["compile_flags"], f"-I{CC_DIR / 'kernels'}"]
     link: list[str] = []
-    archs: list[int] = []
     if selected is not None:
-        archs = _cuda_archs(selected[0], tf["cuda_archs"])
         cuda_include = os.path.join(tf["include"], "third_party", "gpus", "cuda", "include")
         flags += [
             "-DGOOGLE_CUDA=1",
@@ -263,22 +312,22 @@ def build_op_library(
             os.replace(staged, library)
         finally:
             staged.unlink(missing_ok=True)
-    info = {
-        "tensorflow_version": tf["version"],
-        "op_library_version": op_library_version(),
-        "cuda": selected is not None,
-        "cuda_version": selected[1] if selected else None,
-        "cuda_archs": archs,
-        "compiler": _compiler_version(cxx),
-    }
+    info = {**wanted, "compiler": _compiler_version(cxx)}
     (out / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     if verbose:
         print(f"wrote {library}", flush=True)
     return info
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compile the patch op against the installed TensorFlow.")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the build record matches")
+    args = parser.parse_args(argv)
     try:
-        build_op_library()
+        build_op_library(force=args.force)
     except BuildError as err:
         sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
