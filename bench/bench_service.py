@@ -72,17 +72,19 @@ def model_repository(workdir: pathlib.Path) -> tuple[pathlib.Path, str, str]:
 def load_pipeline(repository: pathlib.Path, name: str):
     """A function running the whole pipeline in this process on encoded bytes
     (model loaded and warmed up like the server does)."""
+    from service.models.servable import load_servable
+    from service.models.warmup import warm_up
     from service.pipeline import runner
-    from service.pipeline.model import load_servable
     from service.pipeline.payload import EncodedImage
-    from service.pipeline.sources import SourceLimits
-    from service.server.warmup import warm_up
+    from service.pipeline.sources import SourceLimits, SourceRegistry
 
     version = max(int(p.name) for p in (repository / name).iterdir() if p.name.isdigit())
     servable = load_servable(name, version, repository / name / str(version))
     warm_up(servable)
-    limits = SourceLimits(max_image_pixels=200_000_000, max_image_bytes=1 << 30)
-    return lambda png, seed: runner.run(servable, EncodedImage(png), runner.PredictOptions(seed=seed), limits)
+    sources = SourceRegistry(SourceLimits(max_image_pixels=200_000_000, max_image_bytes=1 << 30))
+    return lambda png, seed: runner.run(
+        servable, EncodedImage(png), runner.PredictOptions(seed=seed), sources
+    )
 
 
 def free_port() -> int:

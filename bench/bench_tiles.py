@@ -35,7 +35,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -49,26 +48,6 @@ COUNTERS = (
     "ats_tile_cache_hits_total",
     "ats_tile_cache_misses_total",
 )
-
-
-# -- the server (a subprocess of this script) ----------------------------------
-def serve(argv: list[str]) -> int:
-    """ats-serve with tile references counted into its metrics (what
-    service/server/app.py does once it calls enable_tile_sources itself)."""
-    from service.config import load_config
-    from service.server.app import Server
-    from service.tiles import enable_tile_sources
-
-    config, _ = load_config(argv)
-    enable_tile_sources(config.data_root)
-    server = Server(config)
-    enable_tile_sources(config.data_root, counters=server.metrics)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server.start()
-    stop.wait()
-    server.drain()
-    return 0
 
 
 def free_port() -> int:
@@ -88,8 +67,8 @@ class Served:
         port, self.metrics_port = free_port(), free_port()
         command = [
             sys.executable,
-            __file__,
-            "serve",
+            "-m",
+            "service.server.main",
             "--host",
             "127.0.0.1",
             "--port",
@@ -407,6 +386,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["serve"]:
-        raise SystemExit(serve(sys.argv[2:]))
     raise SystemExit(main())

@@ -13,11 +13,15 @@ import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
 from service.pipeline import decode, runner, sources
-from service.pipeline.errors import Cancelled, TooLarge, Unsupported
-from service.pipeline.model import load_servable
+from service.errors import Cancelled, TooLarge, Unsupported
+from service.models.servable import load_servable
 from service.pipeline.payload import RawTensor, TileRef
 
 LIMITS = sources.SourceLimits(max_image_pixels=40_000_000, max_image_bytes=64 << 20)
+
+
+def in_memory_sources() -> sources.SourceRegistry:
+    return sources.SourceRegistry(LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,13 @@ def test_stops_between_stages_once_the_caller_is_gone(servable, helpers, stop_be
         return len(checked) <= runner.STAGES.index(stop_before)
 
     with pytest.raises(Cancelled, match=f"before stage {stop_before}"):
-        runner.run(servable, tensor(helpers.random_image(64, 64)), runner.PredictOptions(), LIMITS, is_active)
+        runner.run(
+            servable,
+            tensor(helpers.random_image(64, 64)),
+            runner.PredictOptions(),
+            in_memory_sources(),
+            is_active,
+        )
     assert len(checked) == runner.STAGES.index(stop_before) + 1  # no stage ran after the check failed
 
 
@@ -65,7 +75,7 @@ def test_real_decompression_bomb_is_refused_before_decoding():
 
 def test_unregistered_source_kind_is_unsupported(servable):
     with pytest.raises(Unsupported, match="'tile' sources are not supported"):
-        runner.run(servable, TileRef("a.tiff"), runner.PredictOptions(), LIMITS)
+        runner.run(servable, TileRef("a.tiff"), runner.PredictOptions(), in_memory_sources())
 
 
 class RegionSource(sources.ImageSource):
@@ -93,14 +103,23 @@ class RegionSource(sources.ImageSource):
         return tf.constant(np.stack(crops)[np.newaxis])
 
 
-def test_a_registered_source_gives_the_in_memory_answer(servable, helpers, monkeypatch):
+def test_a_registered_source_gives_the_in_memory_answer(servable, helpers):
     pixels = helpers.random_image(160, 200, seed=5)
     region_source = RegionSource(pixels)
-    monkeypatch.setitem(sources._OPENERS, "tile", lambda payload, channels, limits: region_source)
+    registry = in_memory_sources()
+    registry.register("tile", lambda payload, channels, limits: region_source, formats=("TIFF",))
     options = runner.PredictOptions(n_patches=6, seed=13)
-    from_tile = runner.run(servable, TileRef("slide.tiff"), options, LIMITS)
-    in_memory = runner.run(servable, tensor(pixels), options, LIMITS)
+    from_tile = runner.run(servable, TileRef("slide.tiff"), options, registry)
+    in_memory = runner.run(servable, tensor(pixels), options, registry)
     assert region_source.regions_read == 6
     np.testing.assert_array_equal(from_tile.offsets, in_memory.offsets)
     np.testing.assert_array_equal(from_tile.probabilities, in_memory.probabilities)
-    assert "tile" in sources.accepted_kinds()
+    assert registry.kinds() == ["image", "tensor", "tile"] and registry.formats("tile") == ("TIFF",)
+    assert "tile" not in in_memory_sources().kinds()  # registries are per server, not global
+
+
+def test_a_kind_cannot_be_registered_twice():
+    registry = in_memory_sources()
+    registry.register("tile", lambda payload, channels, limits: None)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("tile", lambda payload, channels, limits: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from service.pipeline.model import ServableModel
+from service.models.servable import ServableModel
 
 
 def attention_map(model: ServableModel, x_low: tf.Tensor) -> tf.Tensor:

@@ -11,16 +11,26 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.pipeline.errors import InvalidInput, TooLarge
+from service.errors import InvalidInput, TooLarge
 from service.pipeline.payload import RawTensor
 
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
 TENSOR_DTYPES = ("uint8",)
 _MODES = {1: "L", 3: "RGB"}
 
-# The server enforces its own --max-image-pixels from the header below; Pillow's
-# process-wide guard would otherwise fire first with a fixed limit.
-Image.MAX_IMAGE_PIXELS = None
+
+def disable_pillow_pixel_guard() -> None:
+    """Leave the pixel limit to ``decode_image``, which checks the configured
+    one from the header and names the image's size when it refuses.
+
+    Pillow's own guard is process-wide and fixed (a warning past 89 MP, an
+    error past 179 MP): it would refuse images the operator allowed, with a
+    message that hides the size. The server calls this once at start: process
+    state belongs to whoever owns the process, not to an import. Without it
+    (a library user decoding in process) Pillow's guard still applies and its
+    refusal is a ``TooLarge`` like ours.
+    """
+    Image.MAX_IMAGE_PIXELS = None
 
 
 def _check_pixels(height: int, width: int, max_pixels: int, field: str) -> None:
@@ -44,6 +54,8 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
         raise InvalidInput("image is empty", field="image")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise TooLarge(f"image exceeds the server limit of {max_pixels} pixels", field="image") from None
     except UnidentifiedImageError:
         raise InvalidInput(
             f"not a recognised image; accepted formats: {', '.join(FORMATS)}", field="image"

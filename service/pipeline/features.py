@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from service.pipeline.model import ServableModel
+from service.models.servable import ServableModel
 
 
 def patch_features(model: ServableModel, patches: tf.Tensor) -> tf.Tensor:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
-from service.pipeline.model import ServableModel
+from service.models.servable import ServableModel
 
 
-def classify(model: ServableModel, features: tf.Tensor) -> np.ndarray:
-    """(1, D) -> (K,) probabilities."""
-    return model.head(features).numpy()[0]
+def classify(model: ServableModel, features: tf.Tensor) -> tf.Tensor:
+    """(1, D) -> (1, K) probabilities."""
+    return model.head(features)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from model_ops.export import ModelMetadata
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 from service.pipeline.sources import ImageSource
 
 

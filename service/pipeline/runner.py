@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from service.errors import Cancelled
+from service.models.servable import ServableModel
 from service.pipeline import aggregate, attention, extract, features, head, lowres, sampling
-from service.pipeline.errors import Cancelled
-from service.pipeline.model import ServableModel
 from service.pipeline.payload import Payload
-from service.pipeline.sources import SourceLimits, open_source
+from service.pipeline.sources import SourceRegistry
 
 STAGES = ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head")
 
@@ -63,25 +63,27 @@ def run(
     model: ServableModel,
     payload: Payload,
     options: PredictOptions,
-    limits: SourceLimits,
+    sources: SourceRegistry,
     is_active: Callable[[], bool] = lambda: True,
 ) -> Prediction:
-    """Classify one image with ``model``."""
+    """Classify one image with ``model``: tensors stay in TensorFlow from the
+    decoded pixels to the probabilities, and become NumPy once, at the end."""
     spec = model.spec
     started = time.perf_counter()
     n_patches = sampling.check_n_patches(options.n_patches, spec)
     seed = options.seed if options.seed is not None else secrets.randbits(31)
     stages = _Stages(is_active)
     with stages.stage("decode"):
-        source = open_source(payload, spec.channels, limits)
+        source = sources.open(payload, spec.channels)
     high_shape = source.shape[:2]
     with stages.stage("lowres"):
         x_low = lowres.low_view(source, spec)
-    low_shape = tuple(int(d) for d in x_low.shape[1:3])
     with stages.stage("attention"):
         attention_map = attention.attention_map(model, x_low)
     with stages.stage("sampling"):
-        positions = sampling.sample(attention_map, spec, n_patches, options.mode, seed, low_shape, high_shape)
+        positions = sampling.sample(
+            attention_map, spec, n_patches, options.mode, seed, tuple(x_low.shape[1:3]), high_shape
+        )
     with stages.stage("extract"):
         patches = extract.extract(source, positions.offsets, spec)
     with stages.stage("features"):
@@ -91,18 +93,16 @@ def run(
     with stages.stage("head"):
         probabilities = head.classify(model, estimate)
     stages.timings["total"] = time.perf_counter() - started
-    attention_shape = tuple(int(d) for d in attention_map.shape[1:])
-    step, origin = sampling.cell_grid(low_shape, high_shape, attention_shape, spec.receptive_field)
     return Prediction(
-        probabilities=probabilities,
+        probabilities=probabilities.numpy()[0],
         attention=attention_map.numpy()[0],
         cells=positions.cells.numpy()[0],
         offsets=positions.offsets.numpy()[0],
         patch_probabilities=positions.probabilities.numpy()[0],
         crops=patches.numpy()[0] if options.include_crops else None,
         image_shape=source.shape,
-        cell_step=step,
-        cell_origin=origin,
+        cell_step=tuple(positions.cell_step.numpy().tolist()),
+        cell_origin=tuple(positions.cell_origin.numpy().tolist()),
         seed=seed,
         timings=stages.timings,
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from model_ops import geometry
 from model_ops.export import ModelMetadata
 from model_ops.sampling import sample_positions
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,8 @@ class Positions:
     cells: tf.Tensor  # int32 (1, N, 2) attention-map cells
     probabilities: tf.Tensor  # float32 (1, N) attention of each cell
     offsets: tf.Tensor  # int32 (1, N, 2) top-left (y, x) in full-resolution pixels
+    cell_step: tf.Tensor  # float64 (2,) full-resolution size of one attention cell (y, x)
+    cell_origin: tf.Tensor  # float64 (2,) full-resolution start of cell (0, 0)
 
 
 def check_n_patches(n_patches: int, spec: ModelMetadata) -> int:
@@ -49,47 +52,23 @@ def sample(
             f"this image (only sampling with replacement can draw more)",
             field="n_patches",
         )
-    cells, probabilities, offsets = _positions(
-        attention,
-        tf.constant(n_patches),
-        tf.constant(seed, tf.int64),
-        tf.constant(low_shape),
-        tf.constant(high_shape),
-        tf.constant(spec.patch_size),
-        tf.constant(spec.receptive_field),
-        spec.replace,
-        mode,
-    )
-    return Positions(cells=cells, probabilities=probabilities, offsets=offsets)
+    # the graph's integer inputs travel as one vector: one conversion per call, not seven
+    sizes = np.array([n_patches, *low_shape, *high_shape, *spec.patch_size, spec.receptive_field], np.int32)
+    return Positions(*_positions(attention, sizes, np.int64(seed), spec.replace, mode))
 
 
 @tf.function(reduce_retracing=True)
 def _positions(
-    attention: tf.Tensor,
-    n_patches: tf.Tensor,
-    seed: tf.Tensor,
-    low_shape: tf.Tensor,
-    high_shape: tf.Tensor,
-    patch_size: tf.Tensor,
-    receptive_field: tf.Tensor,
-    replace: bool,
-    mode: str,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Sampling and placement as one graph: the sampler's per-row loop is
-    ~50x slower run op by op in eager mode."""
+    attention: tf.Tensor, sizes: tf.Tensor, seed: tf.Tensor, replace: bool, mode: str
+) -> tuple[tf.Tensor, ...]:
+    """Sampling, placement and the cell grid as one graph: the sampler's
+    per-row loop is ~50x slower run op by op in eager mode."""
+    n_patches, low_shape, high_shape = sizes[0], sizes[1:3], sizes[3:5]
+    patch_size, receptive_field = sizes[5:7], sizes[7]
     cells, probabilities = sample_positions(attention, n_patches, replace, mode=mode, seed=seed)
+    attention_shape = tf.shape(attention)[1:]
     offsets = geometry.cells_to_offsets(
-        cells, low_shape, high_shape, tf.shape(attention)[1:], patch_size, receptive_field
+        cells, low_shape, high_shape, attention_shape, patch_size, receptive_field
     )
-    return cells, probabilities, offsets
-
-
-def cell_grid(
-    low_shape: tuple[int, int],
-    high_shape: tuple[int, int],
-    attention_shape: tuple[int, int],
-    receptive_field: int,
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Full-resolution (step, origin) per axis of the attention cells, for the response."""
-    steps, origins = geometry.cell_grid(low_shape, high_shape, attention_shape, receptive_field)
-    return tuple(steps.numpy().tolist()), tuple(origins.numpy().tolist())
+    steps, origin = geometry.cell_grid(low_shape, high_shape, attention_shape, receptive_field, ndim=2)
+    return cells, probabilities, offsets, steps, origin

@@ -4,7 +4,7 @@ Attention sampling reads an image twice: once as a small view, once as N small
 patches. ``ImageSource`` is exactly that interface, so a source that never
 holds the whole image (a tiled pyramid read region by region) plugs in next to
 the in-memory one: register an opener for its payload kind with
-``register_source``.
+``SourceRegistry.register``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
 from model_ops.patch_ops import extract_patches
+from service.errors import Unsupported
 from service.pipeline import decode
-from service.pipeline.errors import Unsupported
 from service.pipeline.payload import EncodedImage, Payload, RawTensor
 
 
@@ -29,7 +29,6 @@ class SourceLimits:
 
     max_image_pixels: int
     max_image_bytes: int
-    data_root: str = ""
 
 
 class ImageSource(abc.ABC):
@@ -70,44 +69,55 @@ class InMemorySource(ImageSource):
 Opener = Callable[[Payload, int, SourceLimits], ImageSource]
 
 
-def _open_encoded(payload: EncodedImage, channels: int, limits: SourceLimits) -> ImageSource:
+def _open_encoded(payload: Payload, channels: int, limits: SourceLimits) -> ImageSource:
+    assert isinstance(payload, EncodedImage)
     return InMemorySource(
         decode.decode_image(payload.data, channels, limits.max_image_pixels, limits.max_image_bytes)
     )
 
 
-def _open_tensor(payload: RawTensor, channels: int, limits: SourceLimits) -> ImageSource:
+def _open_tensor(payload: Payload, channels: int, limits: SourceLimits) -> ImageSource:
+    assert isinstance(payload, RawTensor)
     return InMemorySource(
         decode.tensor_pixels(payload, channels, limits.max_image_pixels, limits.max_image_bytes)
     )
 
 
-_OPENERS: dict[str, Opener] = {"image": _open_encoded, "tensor": _open_tensor}
-_FORMATS: dict[str, tuple[str, ...]] = {"image": decode.FORMATS}
+class SourceRegistry:
+    """The payload kinds one server accepts, each with its opener and limits.
 
+    An object the server builds and passes down, not module state: two
+    servers (or a benchmark and a server) in one process each keep their own.
+    Uploaded images and raw tensors are always accepted; other kinds (``tile``)
+    are added with :meth:`register`.
+    """
 
-def register_source(kind: str, opener: Opener, formats: tuple[str, ...] = ()) -> None:
-    """Make payloads of ``kind`` ("tile", ...) servable by ``opener``; ``formats``
-    are the file formats it reads, as GetModelMetadata reports them."""
-    _OPENERS[kind] = opener
-    _FORMATS[kind] = tuple(formats)
+    def __init__(self, limits: SourceLimits) -> None:
+        self.limits = limits
+        self._openers: dict[str, Opener] = {"image": _open_encoded, "tensor": _open_tensor}
+        self._formats: dict[str, tuple[str, ...]] = {"image": decode.FORMATS}
 
+    def register(self, kind: str, opener: Opener, formats: tuple[str, ...] = ()) -> None:
+        """Serve payloads of ``kind`` with ``opener``; ``formats`` are the file
+        formats it reads, as model metadata reports them."""
+        if kind in self._openers:
+            raise ValueError(f"a source for {kind!r} payloads is already registered")
+        self._openers[kind] = opener
+        self._formats[kind] = tuple(formats)
 
-def accepted_kinds() -> list[str]:
-    return sorted(_OPENERS)
+    def kinds(self) -> list[str]:
+        return sorted(self._openers)
 
+    def formats(self, kind: str) -> tuple[str, ...]:
+        return self._formats.get(kind, ())
 
-def accepted_formats(kind: str) -> tuple[str, ...]:
-    return _FORMATS.get(kind, ()) if kind in _OPENERS else ()
-
-
-def open_source(payload: Payload, channels: int, limits: SourceLimits) -> ImageSource:
-    """Validate and open ``payload`` as a source with ``channels`` channels."""
-    opener = _OPENERS.get(payload.kind)
-    if opener is None:
-        raise Unsupported(
-            f"'{payload.kind}' sources are not supported by this server yet; "
-            f"send the pixels as one of: {', '.join(accepted_kinds())}",
-            field=payload.kind,
-        )
-    return opener(payload, channels, limits)
+    def open(self, payload: Payload, channels: int) -> ImageSource:
+        """Validate and open ``payload`` as a source with ``channels`` channels."""
+        opener = self._openers.get(payload.kind)
+        if opener is None:
+            raise Unsupported(
+                f"'{payload.kind}' sources are not supported by this server; "
+                f"send the pixels as one of: {', '.join(self.kinds())}",
+                field=payload.kind,
+            )
+        return opener(payload, channels, self.limits)

@@ -14,21 +14,24 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
+from service.admission import Admission
 from service.config import Config
-from service.pipeline.sources import SourceLimits
+from service.dataplane import DataPlane
+from service.metrics import Metrics, MetricsEndpoint
+from service.models.repository import ModelRegistry, State
+from service.models.warmup import warm_up
+from service.pipeline import decode
+from service.pipeline.sources import SourceLimits, SourceRegistry
 from service.server.health import ReadinessHealth
 from service.server.interceptor import MetricsInterceptor
-from service.server.metrics import Metrics, MetricsEndpoint
-from service.server.repository import ModelRegistry, State
 from service.server.servicer import AttentionSamplingServicer
-from service.server.warmup import warm_up
-from service.tiles import enable_tile_sources
+from service.tiles import add_tile_source
 
 log = logging.getLogger(__name__)
 
 
 class Server:
-    """The gRPC server, its model registry and its metrics endpoint."""
+    """The gRPC front end over the data plane, with health, reflection and the metrics endpoint."""
 
     def __init__(self, config: Config, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
@@ -37,8 +40,15 @@ class Server:
             config.resolved_repository(), config.default_model, warm_up, listeners=[self._on_model_change]
         )
         self.health = ReadinessHealth(self.models)
-        enable_tile_sources(config.data_root, config.tile_cache_bytes, counters=self.metrics)
-        limits = SourceLimits(config.max_image_pixels, config.max_image_bytes, config.data_root)
+        decode.disable_pillow_pixel_guard()
+        self.sources = SourceRegistry(SourceLimits(config.max_image_pixels, config.max_image_bytes))
+        add_tile_source(self.sources, config.data_root, config.tile_cache_bytes, counters=self.metrics)
+        self.plane = DataPlane(
+            self.models,
+            self.sources,
+            self.metrics,
+            Admission(config.max_concurrent_predicts, config.queue_timeout),
+        )
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             interceptors=[MetricsInterceptor(self.metrics)],
@@ -50,15 +60,7 @@ class Server:
             ],
         )
         pb_grpc.add_AttentionSamplingServicer_to_server(
-            AttentionSamplingServicer(
-                self.models,
-                self.metrics,
-                limits,
-                config.max_concurrent_predicts,
-                config.queue_timeout,
-                config.max_message_bytes,
-            ),
-            self._grpc,
+            AttentionSamplingServicer(self.plane, config.max_message_bytes), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._grpc)
         reflection.enable_server_reflection(

@@ -1,17 +1,17 @@
-"""Translation between ats.v1 messages and the pipeline's plain records."""
+"""Translation between ats.v1 messages and the data plane's plain records."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 from ats_api.v1 import attention_sampling_pb2 as pb
-from model_ops.export import ModelMetadata
-from service.pipeline import decode
-from service.pipeline.errors import InvalidInput
+from service.dataplane import InputSupport, PredictCall, Served
+from service.errors import InvalidInput
+from service.models.repository import VersionEntry
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
-from service.pipeline.runner import Prediction, PredictOptions
-from service.pipeline.sources import SourceLimits, accepted_formats, accepted_kinds
-from service.server.repository import VersionEntry
+from service.pipeline.runner import PredictOptions
 
 _STATES = {
     "LOADING": pb.ModelVersionStatus.LOADING,
@@ -84,9 +84,13 @@ def options(request: pb.PredictRequest) -> PredictOptions:
     )
 
 
-def response(
-    name: str, version: int, spec: ModelMetadata, prediction: Prediction, output: pb.OutputOptions
-) -> pb.PredictResponse:
+def predict_call(request: pb.PredictRequest, payload: Callable[[], Payload]) -> PredictCall:
+    """The data plane's view of a request (unary, or a stream's header)."""
+    return PredictCall(request.model_name, request.model_version, options(request), payload)
+
+
+def response(served: Served, output: pb.OutputOptions) -> pb.PredictResponse:
+    spec, prediction = served.model.spec, served.prediction
     probabilities = prediction.probabilities
     best = int(probabilities.argmax())
     height, width, channels = prediction.image_shape
@@ -111,8 +115,8 @@ def response(
             patch.crop.CopyFrom(pb.Tensor(shape=crop.shape, dtype=pb.UINT8, data=crop.tobytes()))
         patches.append(patch)
     return pb.PredictResponse(
-        model_name=name,
-        model_version=version,
+        model_name=served.model.name,
+        model_version=served.model.version,
         label=spec.classes[best],
         class_index=best,
         probabilities=[
@@ -129,14 +133,14 @@ def response(
     )
 
 
-def input_support(limits: SourceLimits, max_message_bytes: int) -> pb.InputSupport:
+def input_support(support: InputSupport, max_message_bytes: int) -> pb.InputSupport:
     return pb.InputSupport(
-        source_kinds=accepted_kinds(),
-        image_formats=accepted_formats("image"),
-        tile_formats=accepted_formats("tile"),
-        tensor_dtypes=[pb.DataType.Value(d.upper()) for d in decode.TENSOR_DTYPES],
-        max_image_pixels=limits.max_image_pixels,
-        max_image_bytes=limits.max_image_bytes,
+        source_kinds=support.source_kinds,
+        image_formats=support.image_formats,
+        tile_formats=support.tile_formats,
+        tensor_dtypes=[pb.DataType.Value(d.upper()) for d in support.tensor_dtypes],
+        max_image_pixels=support.max_image_pixels,
+        max_image_bytes=support.max_image_bytes,
         max_message_bytes=max_message_bytes,
     )
 

@@ -12,7 +12,7 @@ import threading
 
 from grpc_health.v1 import health, health_pb2
 
-from service.server.repository import ModelRegistry, State
+from service.models.repository import ModelRegistry, State
 
 SERVICE_NAME = "ats.v1.AttentionSampling"
 _SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from service.server.metrics import Metrics
+from service.metrics import Metrics
 
 _KINDS = {
     (False, False): "unary",

@@ -2,25 +2,28 @@
 while reading only the pyramid level of the low-resolution view and the
 patches the model looks at.
 
-``enable_tile_sources`` is the single entry point the server calls at start.
+``add_tile_source`` is the single entry point the server calls at start.
 """
 
 from __future__ import annotations
 
-from service.pipeline.sources import register_source
+from service.pipeline.sources import SourceRegistry
 from service.tiles.opener import TileOpener
 from service.tiles.readers import FORMATS
 from service.tiles.stats import TileCounters
 
 DEFAULT_CACHE_BYTES = 256 << 20
 
-__all__ = ["DEFAULT_CACHE_BYTES", "FORMATS", "TileOpener", "enable_tile_sources"]
+__all__ = ["DEFAULT_CACHE_BYTES", "FORMATS", "TileOpener", "add_tile_source"]
 
 
-def enable_tile_sources(
-    data_root: str, cache_bytes: int = DEFAULT_CACHE_BYTES, counters: TileCounters | None = None
+def add_tile_source(
+    sources: SourceRegistry,
+    data_root: str,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    counters: TileCounters | None = None,
 ) -> TileOpener | None:
-    """Serve ``tile`` references under ``data_root`` with a decoded-tile cache of
+    """Let ``sources`` serve ``tile`` references under ``data_root`` with a decoded-tile cache of
     ``cache_bytes``, counting reads into ``counters`` (the server's metrics).
 
     An empty ``data_root`` leaves tile references off (they are then refused
@@ -31,5 +34,5 @@ def enable_tile_sources(
     if not data_root:
         return None
     opener = TileOpener(data_root, cache_bytes, counters)
-    register_source("tile", opener, formats=tuple(FORMATS))
+    sources.register("tile", opener, formats=tuple(FORMATS))
     return opener

@@ -12,6 +12,7 @@ from service.tiles.cache import TileCache
 from service.tiles.paths import open_confined, resolve_root
 from service.tiles.readers import open_reader
 from service.tiles.readers.base import Reader
+from service.tiles.readers.slide import SlideCache
 from service.tiles.source import TileSource
 from service.tiles.stats import ReadStats, Recorder, TileCounters
 
@@ -30,6 +31,7 @@ class TileOpener:
     def __init__(self, data_root: str, cache_bytes: int, counters: TileCounters | None = None) -> None:
         self.root = resolve_root(data_root)
         self.cache = TileCache(cache_bytes)
+        self._slide_cache = SlideCache()
         self.totals = ReadStats()
         self._counters = counters
         self._readers: collections.OrderedDict[tuple, Reader] = collections.OrderedDict()
@@ -45,7 +47,7 @@ class TileOpener:
         if reader is not None:
             os.close(file.fd)
         else:
-            reader = open_reader(file, self.cache, recorder, limits)
+            reader = open_reader(file, self.cache, recorder, limits, self._slide_cache)
             with self._lock:
                 self._readers[file.identity] = reader
                 while len(self._readers) > MAX_OPEN_READERS:

@@ -14,8 +14,7 @@ import os
 import re
 import stat
 
-from service.pipeline.errors import InvalidInput, NotFound, Unsupported
-from service.tiles.errors import PermissionDenied
+from service.errors import InvalidInput, NotFound, PermissionDenied, Unsupported
 
 FIELD = "tile.path"  # the request field every refusal of a reference points at
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
-from service.pipeline.errors import InvalidInput, TooLarge
+from service.errors import InvalidInput, TooLarge
 from service.pipeline.sources import ImageSource
 from service.tiles.readers.base import Reader
 from service.tiles.stats import ReadStats, Recorder

@@ -27,7 +27,7 @@ _COUNTER_OF = {
 
 
 class TileCounters(Protocol):
-    """The server's counters (``service.server.metrics.Metrics`` has them)."""
+    """The server's counters (``service.metrics.Metrics`` has them)."""
 
     tile_bytes_read: Counter
     tiles_decoded: Counter

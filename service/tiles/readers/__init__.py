@@ -4,7 +4,7 @@ their first bytes, never by a name a client chose."""
 
 from __future__ import annotations
 
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 from service.pipeline.sources import SourceLimits
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD, ConfinedFile
@@ -12,7 +12,7 @@ from service.tiles.readers.base import Reader
 from service.tiles.readers.files import pread_exact
 from service.tiles.readers.plain import PlainReader
 from service.tiles.readers.slide import EXTENSIONS as SLIDE_EXTENSIONS
-from service.tiles.readers.slide import SlideReader
+from service.tiles.readers.slide import SlideCache, SlideReader
 from service.tiles.readers.tiff import TiffReader
 from service.tiles.stats import Recorder
 
@@ -29,10 +29,12 @@ _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 _PLAIN_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
-def open_reader(file: ConfinedFile, cache: TileCache, recorder: Recorder, limits: SourceLimits) -> Reader:
+def open_reader(
+    file: ConfinedFile, cache: TileCache, recorder: Recorder, limits: SourceLimits, slide_cache: SlideCache
+) -> Reader:
     """A reader owning ``file``'s descriptor (closed with the reader)."""
     if file.real_path.lower().endswith(SLIDE_EXTENSIONS):
-        return SlideReader(file.fd, file.size, file.real_path, file.identity, cache, recorder)
+        return SlideReader(file.fd, file.size, file.real_path, file.identity, cache, recorder, slide_cache)
     head = pread_exact(file.fd, min(8, file.size), 0)
     recorder.record(bytes_read=len(head))
     if head.startswith(_TIFF_MAGIC):

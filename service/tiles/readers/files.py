@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 from service.tiles.paths import FIELD
 from service.tiles.stats import Recorder
 

@@ -17,7 +17,7 @@ from collections.abc import Hashable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.pipeline.errors import InvalidInput, TooLarge
+from service.errors import InvalidInput, TooLarge
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD
 from service.tiles.readers.base import LevelGrid, Reader
@@ -73,6 +73,12 @@ class PlainReader(Reader):
         """Pillow's lazy open: reads the header only."""
         try:
             return Image.open(source, formats=("PNG", "JPEG"))
+        except Image.DecompressionBombError:
+            raise TooLarge(
+                "image exceeds the server's pixel limit for an image decoded whole; tile it as a "
+                "pyramidal TIFF",
+                field=FIELD,
+            ) from None
         except UnidentifiedImageError:
             raise InvalidInput("not a readable PNG or JPEG image", field=FIELD) from None
 

@@ -10,11 +10,13 @@ per-thread read counter around each call.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD
 from service.tiles.readers.base import LevelGrid, Reader
@@ -26,21 +28,36 @@ EXTENSIONS = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bi
 # OpenSlide's own cache only smooths reads of neighbouring grid cells: the
 # decoded cells live in the shared tile cache.
 _OPENSLIDE_CACHE_BYTES = 16 << 20
-_shared_cache = None
 
 
-def _openslide_cache():
-    global _shared_cache
-    import openslide
+class SlideCache:
+    """One OpenSlide cache shared by the slides of one tile opener, made on
+    first use (OpenSlide itself is imported only when a slide is opened)."""
 
-    if _shared_cache is None:
-        _shared_cache = openslide.OpenSlideCache(_OPENSLIDE_CACHE_BYTES)
-    return _shared_cache
+    def __init__(self, capacity: int = _OPENSLIDE_CACHE_BYTES) -> None:
+        self._capacity = capacity
+        self._cache: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        import openslide
+
+        with self._lock:
+            if self._cache is None:
+                self._cache = openslide.OpenSlideCache(self._capacity)
+            return self._cache
 
 
 class SlideReader(Reader):
     def __init__(
-        self, fd: int, size: int, path: str, identity: Hashable, cache: TileCache, recorder: Recorder
+        self,
+        fd: int,
+        size: int,
+        path: str,
+        identity: Hashable,
+        cache: TileCache,
+        recorder: Recorder,
+        slide_cache: SlideCache,
     ) -> None:
         import openslide
 
@@ -51,7 +68,7 @@ class SlideReader(Reader):
         except openslide.OpenSlideError as err:
             raise InvalidInput(f"not a readable slide: {err}", field=FIELD) from None
         recorder.record(bytes_read=meter.bytes)
-        self._slide.set_cache(_openslide_cache())
+        self._slide.set_cache(slide_cache.get())
         self.format_name = (self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR) or "slide").upper()
         self._downsamples = self._slide.level_downsamples
         grids = [LevelGrid(h, w, GRID, GRID) for w, h in self._slide.level_dimensions]

@@ -14,7 +14,7 @@ from collections.abc import Hashable
 import numpy as np
 import tifffile
 
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD
 from service.tiles.readers.base import LevelGrid, Reader

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from model_ops.export import METADATA_FILE
-from service.pipeline.errors import InvalidInput, NotFound, PipelineError
-from service.pipeline.model import ServableModel, load_servable
+from service.errors import InvalidInput, NotFound, Unavailable
+from service.models.servable import ServableModel, load_servable
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,6 @@ class State(enum.Enum):
     READY = "READY"
     UNLOADING = "UNLOADING"
     FAILED = "FAILED"
-
-
-class Unavailable(PipelineError):
-    """The model exists but no version of it is ready yet."""
-
-    code = "UNAVAILABLE"
 
 
 @dataclasses.dataclass
@@ -112,25 +106,39 @@ class ModelRegistry:
         with self._lock:
             return any(e.state is State.READY for v in self._models.values() for e in v.values())
 
+    def model_name(self, name: str) -> str:
+        """``name``, or the default model for an empty one (the one place that rule lives)."""
+        if name:
+            return name
+        name = self.default_model()
+        if not name:
+            raise InvalidInput(
+                "model_name is required: this server serves several models "
+                f"({', '.join(self.snapshot())}) and has no default",
+                field="model_name",
+            )
+        return name
+
+    def versions(self, name: str) -> list[VersionEntry]:
+        """Every version of model ``name`` (empty: the default), oldest first."""
+        name = self.model_name(name)
+        versions = self.snapshot().get(name)
+        if versions is None:
+            raise NotFound(f"model {name!r} is not in the repository", field="model_name")
+        return versions
+
     def resolve(self, name: str, version: int) -> ServableModel:
         """The servable for a request; ``version`` 0 means the latest ready one."""
-        if not name:
-            name = self.default_model()
-            if not name:
-                raise InvalidInput(
-                    "model_name is required: this server serves several models "
-                    f"({', '.join(self.snapshot())}) and has no default",
-                    field="model_name",
-                )
+        name = self.model_name(name)
         with self._lock:
             versions = self._models.get(name)
             if versions is None:
                 raise NotFound(f"model {name!r} is not in the repository", field="model_name")
-            ready = {v: e for v, e in versions.items() if e.state is State.READY}
+            ready = {v: e.servable for v, e in versions.items() if e.state is State.READY and e.servable}
             if version == 0:
                 if not ready:
                     raise Unavailable(f"model {name!r} has no ready version yet")
-                return ready[max(ready)].servable
+                return ready[max(ready)]
             if version not in ready:
                 state = versions[version].state.value if version in versions else "absent"
                 raise NotFound(
@@ -138,7 +146,7 @@ class ModelRegistry:
                     f"ready: {sorted(ready) or 'none'}",
                     field="model_version",
                 )
-            return ready[version].servable
+            return ready[version]
 
     # -- writing side (poller thread) --------------------------------------
     def poll_once(self) -> None:

@@ -3,7 +3,12 @@ dashboard and alerting query them) and their HTTP endpoint."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from service.pipeline.runner import Prediction
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MEGAPIXEL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000, 10000)
@@ -90,12 +95,12 @@ class Metrics:
             "ats_tile_cache_misses", "Decoded-tile cache misses", registry=registry
         )
 
-    def observe_prediction(
-        self, model: str, timings: dict[str, float], megapixels: float, n_patches: int
-    ) -> None:
-        for stage, seconds in timings.items():
+    def observe_prediction(self, model: str, prediction: Prediction) -> None:
+        for stage, seconds in prediction.timings.items():
             self.stage_seconds.labels(model, stage).observe(seconds)
-        self.image_megapixels.labels(model).observe(megapixels)
+        height, width, _ = prediction.image_shape
+        self.image_megapixels.labels(model).observe(height * width / 1e6)
+        n_patches = len(prediction.offsets)
         self.patches.labels(model).inc(n_patches)
         self.patches_per_request.labels(model).observe(n_patches)
 

@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 
+from service.models.servable import ServableModel
 from service.pipeline import runner
-from service.pipeline.model import ServableModel
 from service.pipeline.payload import RawTensor
-from service.pipeline.sources import SourceLimits
+from service.pipeline.sources import SourceLimits, SourceRegistry
 
 
 def warmup_shape(servable: ServableModel) -> tuple[int, int, int]:
@@ -35,6 +35,8 @@ def warm_up(servable: ServableModel) -> None:
     for shape in ((height, width, channels), (height * 3 // 2, width * 5 // 4, channels)):
         pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
         payload = RawTensor(shape=shape, dtype="uint8", data=pixels.tobytes())
-        limits = SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
+        sources = SourceRegistry(
+            SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
+        )
         for mode in ("sample", "top_k"):
-            runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), limits)
+            runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), sources)

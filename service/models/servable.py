@@ -13,7 +13,6 @@ import pathlib
 import tensorflow as tf
 
 from model_ops.export import ModelMetadata, load_model
-from service.pipeline.spec import check_servable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +37,18 @@ class ServableModel:
     def head(self, features: tf.Tensor) -> tf.Tensor:
         """float32 (B, D) -> class probabilities (B, K)."""
         return self.saved_model.signatures["head"](features=features)["probabilities"]
+
+
+def check_servable(metadata: ModelMetadata) -> None:
+    """Raise ValueError if the server cannot feed or bound this model (beyond
+    what ``model_ops.export`` checks of every exported version)."""
+    if metadata.input_dtype != "uint8" or metadata.channels not in (1, 3):
+        raise ValueError(
+            f"model {metadata.name!r}: the server takes uint8 images of 1 or 3 channels, "
+            f"not {metadata.input_dtype} x {metadata.channels}"
+        )
+    if len(metadata.patch_size) != 2 or not 1 <= metadata.n_patches <= metadata.max_patches:
+        raise ValueError(f"model {metadata.name!r}: inconsistent patch_size/n_patches/max_patches")
 
 
 def load_servable(name: str, version: int, path: pathlib.Path) -> ServableModel:
