@@ -2,8 +2,9 @@
 # Attention-sampling inference server.
 #   docker build -t attention-sampling-serving .                      # CPU
 #   docker build --build-arg VARIANT=gpu -t attention-sampling-serving:gpu .
-# The builder compiles the patch op against the very TensorFlow that the
-# runtime stage then runs (the virtual environment is copied, not rebuilt).
+# The builder installs the library (compiling the patch op against the very
+# TensorFlow that the runtime stage then runs), the client and the server into
+# one virtual environment, which the runtime copies, not rebuilds.
 # VARIANT picks one system per role; BuildKit builds only the stages the
 # target uses, so the CPU image never pulls a CUDA image.
 ARG VARIANT=cpu
@@ -52,12 +53,14 @@ WORKDIR /src
 # TensorFlow first, in its own layer: source edits do not download it again.
 COPY docker/install.sh docker/install.sh
 RUN --mount=type=cache,target=/root/.cache/pip bash docker/install.sh --deps
+# The three distributions: the library (root pyproject.toml, model_ops/), the
+# client (clients/, stubs generated from protos/) and the server (service/).
 COPY pyproject.toml setup.py README.md ./
 COPY model_ops/ model_ops/
 COPY protos/ protos/
-COPY service/ service/
 COPY clients/ clients/
-RUN --mount=type=cache,target=/root/.cache/pip bash docker/install.sh .
+COPY service/ service/
+RUN --mount=type=cache,target=/root/.cache/pip bash docker/install.sh
 
 # One of the runtime systems above, chosen by VARIANT (cpu or gpu).
 # hadolint ignore=DL3006

@@ -1,11 +1,14 @@
-"""Build hooks that pyproject.toml cannot express.
+"""Build hook of the library (``attention-sampling``) that pyproject.toml cannot express.
 
-Two things are generated at install time, never committed:
-- the compiled patch-op library (``model_ops/_patch_ops.so``), built against
-  the TensorFlow that is installed (see ``model_ops/cc/build.py``);
-- the gRPC/protobuf stubs from ``protos/`` (see ``protos/build.py``).
-Both are written into the source tree so that editable and regular installs
-behave the same.
+The compiled patch-op library (``model_ops/_patch_ops.so``) is built at install
+time against the TensorFlow that is installed (see ``model_ops/cc/build.py``)
+and written into the source tree, so editable and regular installs behave the
+same. A library whose build record already matches the installed TensorFlow,
+the op sources and the CUDA choice is kept, not compiled again.
+
+The client (``clients/``) and the server (``service/``) are separate
+distributions with their own pyproject.toml; ``docker/install.sh`` installs
+the three in order.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ import pathlib
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1
+    from wheel.bdist_wheel import bdist_wheel
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -27,32 +35,34 @@ def _load(path: str):
     return module
 
 
-class BuildWithGenerated(build_py):
-    """Generate stubs and compile the op before the Python files are collected."""
+class BuildWithOp(build_py):
+    """Compile the op (unless up to date) before the Python files are collected."""
 
     def run(self) -> None:
-        _load("protos/build.py").generate_stubs()
         _load("model_ops/cc/build.py").build_op_library()
         super().run()
 
 
-PACKAGES = find_packages(
-    include=["model_ops", "model_ops.*", "service", "service.*"], exclude=["model_ops.compat*"]
-)
+class PlatformWheel(bdist_wheel):
+    """Tag the wheel for this platform: it holds a compiled library. Any
+    Python 3 (the op links to TensorFlow, not to Python), and the TensorFlow
+    it was built for is pinned in the dependencies."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self) -> tuple[str, str, str]:
+        return ("py3", "none", super().get_tag()[2])
+
+
+PACKAGES = find_packages(include=["model_ops", "model_ops.*"], exclude=["model_ops.compat*"])
 PACKAGES += find_packages("model_ops/compat", include=["ats", "ats.*"])
-PACKAGES += find_packages("protos", include=["ats_api", "ats_api.*"])
-PACKAGES += find_packages("clients", include=["ats_client", "ats_client.*"])
 
 setup(
     packages=PACKAGES,
-    package_dir={
-        "ats": "model_ops/compat/ats",
-        "ats_api": "protos/ats_api",
-        "ats_client": "clients/ats_client",
-    },
-    package_data={
-        "model_ops": ["_patch_ops*.so", "_build_info.json", "cc/**/*"],
-        "ats_api": ["v1/*.proto"],
-    },
-    cmdclass={"build_py": BuildWithGenerated},
+    package_dir={"ats": "model_ops/compat/ats"},
+    package_data={"model_ops": ["_patch_ops*.so", "_build_info.json", "cc/**/*"]},
+    exclude_package_data={"model_ops": ["cc/**/__pycache__/*", "cc/**/*.pyc"]},
+    cmdclass={"build_py": BuildWithOp, "bdist_wheel": PlatformWheel},
 )

@@ -30,6 +30,8 @@ from service.config import Config, env_name
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 INSTALL_SCRIPT = "docker/install.sh"
+# The project's distributions (library, client, server), in install order.
+PROJECTS = (".", "clients", "service")
 VARIANTS = ("cpu", "gpu")
 
 
@@ -222,7 +224,11 @@ def server_config_env() -> set[str]:
 
 
 def console_scripts() -> dict[str, str]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    """Console scripts of the three distributions together."""
+    scripts: dict[str, str] = {}
+    for project in PROJECTS:
+        scripts |= tomllib.loads((ROOT / project / "pyproject.toml").read_text())["project"]["scripts"]
+    return scripts
 
 
 def test_hadolint_passes():
@@ -294,7 +300,12 @@ def test_dockerignore_keeps_host_build_products_out():
     for generated in (
         "model_ops/_patch_ops.so",
         "model_ops/_build_info.json",
-        "protos/ats_api/v1/attention_sampling_pb2.py",
+        "clients/ats_api/v1/attention_sampling_pb2.py",
+        "clients/ats_api/v1/attention_sampling_pb2_grpc.py",
+        "clients/build/lib/ats_client/cli.py",
+        "service/build/lib/service/config.py",
+        "service/attention_sampling_serving.egg-info/PKG-INFO",
+        "build/lib/model_ops/core.py",
         "service/__pycache__/config.cpython-311.pyc",
         ".git/HEAD",
     ):
@@ -302,8 +313,12 @@ def test_dockerignore_keeps_host_build_products_out():
     for needed in (
         "model_ops/cc/build.py",
         "protos/ats_api/v1/attention_sampling.proto",
+        "protos/build.py",
+        "clients/ats_api/v1/__init__.py",
         "service/config.py",
         "setup.py",
+        *(f"{project}/pyproject.toml" for project in PROJECTS),
+        "clients/setup.py",
     ):
         assert not ignored(needed, patterns), needed
 
@@ -311,10 +326,15 @@ def test_dockerignore_keeps_host_build_products_out():
 def test_builder_installs_with_the_shared_install_script():
     runs = stage("builder").run_commands()
     installs = [r for r in runs if INSTALL_SCRIPT in r]
-    assert installs == [f"bash {INSTALL_SCRIPT} --deps", f"bash {INSTALL_SCRIPT} ."]
+    assert installs == [f"bash {INSTALL_SCRIPT} --deps", f"bash {INSTALL_SCRIPT}"]
     assert not [r for r in runs if "pip" in r.split()], "pip runs only through the install script"
     copied = [src for srcs, _, _ in stage("builder").copies() for src in srcs]
     assert INSTALL_SCRIPT in copied
+    for project in PROJECTS:
+        assert project == "." or f"{project}/" in copied, (
+            f"the builder installs {project}/ but never copies it"
+        )
+    assert "protos/" in copied, "the client's stubs are generated from protos/"
 
 
 def test_ci_and_readme_install_with_the_same_script():
@@ -376,34 +396,71 @@ def test_healthcheck_asks_the_grpc_health_service():
     )
 
 
-def _install_calls(tmp_path: pathlib.Path, *args: str, cuda: bool = False) -> list[list[str]]:
-    """Run the real install script with a recording python3 first on PATH."""
+def _install_calls(
+    tmp_path: pathlib.Path, *args: str, cuda: bool = False, installed: str = ""
+) -> list[list[str]]:
+    """Run the real install script with a recording python3 first on PATH
+    (``pip show`` answers ``Version: <installed>`` if given); returns its
+    ``pip install`` and ``pip uninstall`` calls."""
     log = tmp_path / "calls.jsonl"
     fake = tmp_path / "bin" / "python3"
     fake.parent.mkdir(parents=True)
+    show = f'case " $* " in *" show "*) echo "Version: {installed}";; esac\n' if installed else ""
     fake.write_text(
-        f"#!/bin/sh\nexec {shlex.quote(shutil.which('python3'))} -c "
+        f"#!/bin/sh\n{show}exec {shlex.quote(shutil.which('python3'))} -c "
         "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\" >> "
         f"{shlex.quote(str(log))}\n"
     )
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", ATS_BUILD_CUDA="1" if cuda else "0")
     subprocess.run(["bash", str(ROOT / INSTALL_SCRIPT), *args], env=env, check=True)
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return [c for c in calls if "install" in c or "uninstall" in c]
 
 
-def test_install_script_pins_tensorflow_then_builds_without_isolation(tmp_path):
-    deps, project = _install_calls(tmp_path)
+def test_install_script_pins_tensorflow_then_builds_the_three_without_isolation(tmp_path):
+    deps, *projects = _install_calls(tmp_path)
     pin = next(a for a in deps if a.startswith("tensorflow"))
     assert pin == f"tensorflow=={importlib.metadata.version('tensorflow')}", (
         "the image pins another TensorFlow than the one the tests run"
     )
-    assert project[-2:] == ["--no-build-isolation", "."]
+    targets = [f"./{project}".removesuffix("/.") for project in PROJECTS]
+    assert [p[-2:] for p in projects] == [["--no-build-isolation", t] for t in targets], (
+        "library, client, server, in that order"
+    )
 
 
-def test_install_script_passes_pip_targets_through(tmp_path):
-    _, project = _install_calls(tmp_path, "-e", ".[test]")
-    assert project[-3:] == ["--no-build-isolation", "-e", ".[test]"]
+def test_install_script_installs_all_three_editable_with_the_librarys_extras(tmp_path):
+    _, *projects = _install_calls(tmp_path / "e", "-e")
+    assert [p[-3:] for p in projects] == [
+        ["--no-build-isolation", "-e", p] for p in (".", "./clients", "./service")
+    ]
+    _, *projects = _install_calls(tmp_path / "extras", "-e", ".[test]")
+    assert [p[-2:] for p in projects] == [["-e", ".[test]"], ["-e", "./clients"], ["-e", "./service"]]
+
+
+def test_install_script_first_removes_the_single_distribution_of_0_1(tmp_path):
+    """0.1's attention-sampling-serving held everything: replaced last, its
+    uninstall would delete what the library and client had just installed."""
+    _, uninstall, *projects = _install_calls(tmp_path / "old", installed="0.1.0")
+    assert uninstall[-3:] == ["uninstall", "-y", "attention-sampling-serving"]
+    assert [p[-1] for p in projects] == [".", "./clients", "./service"]
+    assert "uninstall" not in {
+        a for call in _install_calls(tmp_path / "new", installed="0.2.0") for a in call
+    }
+
+
+def test_install_script_refuses_other_targets(tmp_path):
+    for args in (["./service"], ["-e", ".[test]", "extra"]):
+        fake = tmp_path / "bin" / "python3"
+        fake.parent.mkdir(parents=True, exist_ok=True)
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
+        env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+        proc = subprocess.run(
+            ["bash", str(ROOT / INSTALL_SCRIPT), *args], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and "usage:" in proc.stderr, args
 
 
 def test_install_script_stops_after_deps_when_asked(tmp_path):
