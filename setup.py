@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
-from setuptools import find_packages, setup
+from setuptools import Distribution, find_packages, setup
 from setuptools.command.build_py import build_py
 
 try:
@@ -43,14 +43,16 @@ class BuildWithOp(build_py):
         super().run()
 
 
-class PlatformWheel(bdist_wheel):
-    """Tag the wheel for this platform: it holds a compiled library. Any
-    Python 3 (the op links to TensorFlow, not to Python), and the TensorFlow
-    it was built for is pinned in the dependencies."""
+class BinaryDistribution(Distribution):
+    """The library holds a compiled op, so its wheel is not pure Python."""
 
-    def finalize_options(self) -> None:
-        super().finalize_options()
-        self.root_is_pure = False
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+class PlatformWheel(bdist_wheel):
+    """Tag the wheel for this platform but any Python 3: the op links to
+    TensorFlow, not to Python, and that TensorFlow is pinned in the dependencies."""
 
     def get_tag(self) -> tuple[str, str, str]:
         return ("py3", "none", super().get_tag()[2])
@@ -65,4 +67,5 @@ setup(
     package_data={"model_ops": ["_patch_ops*.so", "_build_info.json", "cc/**/*"]},
     exclude_package_data={"model_ops": ["cc/**/__pycache__/*", "cc/**/*.pyc"]},
     cmdclass={"build_py": BuildWithOp, "bdist_wheel": PlatformWheel},
+    distclass=BinaryDistribution,
 )
