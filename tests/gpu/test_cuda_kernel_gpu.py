@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from test_extract_patches_reference import (
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from tests.model_ops.test_extract_patches_reference import (
     DTYPES,
     random_case,
     random_images,
@@ -169,10 +169,10 @@ def bandwidth_table() -> str:
             geometry = _geometry(images.shape, n_patches, (size, size))
             kernel = _module().get_function(_forward_name(in_dtype, out_dtype))
             args = (x, o, out, *geometry, np.float32(1 / 255), np.float32(0))
-            ms = _median_ms(lambda: _launch(kernel, geometry, args))
+            ms = _median_ms(functools.partial(_launch, kernel, geometry, args))
             moved = out.size * (np.dtype(in_dtype).itemsize + np.dtype(out_dtype).itemsize)
             src, dst = cp.empty(moved // 2, cp.uint8), cp.empty(moved // 2, cp.uint8)
-            copy_ms = _median_ms(lambda: dst.__setitem__(Ellipsis, src))
+            copy_ms = _median_ms(functools.partial(dst.__setitem__, Ellipsis, src))
             gbs, copy_gbs = moved / ms / 1e6, moved / copy_ms / 1e6
             rows.append(
                 f"| {np.dtype(in_dtype)} -> {np.dtype(out_dtype)} | {n_patches} x "

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from service.pipeline.errors import InvalidInput, NotFound, PipelineError, TooLarge, Unsupported
+from service.errors import InvalidInput, NotFound, PermissionDenied, ServiceError, TooLarge, Unsupported
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
-from service.tiles.errors import PermissionDenied
 from service.tiles.paths import open_confined, resolve_root
 
 
@@ -33,8 +32,8 @@ def tree(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path
 
 
-def refusal(root: pathlib.Path, reference: str) -> PipelineError:
-    with pytest.raises(PipelineError) as info:
+def refusal(root: pathlib.Path, reference: str) -> ServiceError:
+    with pytest.raises(ServiceError) as info:
         os.close(open_confined(resolve_root(str(root)), reference).fd)
     assert info.value.field == "tile.path"
     return info.value

@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BUILD_SCRIPT = REPO / "model_ops" / "cc" / "build.py"
+from tests.support import REPO_ROOT
+
+BUILD_SCRIPT = REPO_ROOT / "model_ops" / "cc" / "build.py"
 
 
 def load_build_module():

@@ -3,89 +3,29 @@ server; its HTTP API must report exactly the requests this test made."""
 
 from __future__ import annotations
 
-import json
-import pathlib
 import shutil
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from ats_client import AtsClient, AtsError
+from tests.support import REPO_ROOT, Prometheus, random_image, wait_for
 
 pytestmark = pytest.mark.slow
-SETUP = pathlib.Path(__file__).resolve().parent / "setup_prometheus.sh"
-
-
-class Prometheus:
-    """``prometheus`` scraping one target every second."""
-
-    def __init__(self, workdir: pathlib.Path, metrics_target: str, port: int) -> None:
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: ats\n    static_configs:\n"
-            f"      - targets: ['{metrics_target}']\n"
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = open(workdir / "prometheus.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError("Prometheus not ready")
-
-    def query(self, promql: str) -> dict[tuple[tuple[str, str], ...], float]:
-        """Instant query: labels (without __name__) -> value."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            body = json.load(reply)
-        assert body["status"] == "success", body
-        return {
-            tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1])
-            for r in body["data"]["result"]
-        }
-
-    def value(self, promql: str) -> float | None:
-        result = self.query(promql)
-        assert len(result) <= 1, result
-        return next(iter(result.values()), None)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
-        self._log.close()
+SETUP = REPO_ROOT / "tests" / "setup_prometheus.sh"
 
 
 @pytest.fixture()
-def prometheus_for(tmp_path, helpers) -> Iterator:
+def prometheus_for(tmp_path) -> Iterator:
     """Factory: a Prometheus scraping the given server's metrics port."""
     if shutil.which("prometheus") is None:
         subprocess.run(["bash", str(SETUP)], check=True)
     started: list[Prometheus] = []
 
     def start(server) -> Prometheus:
-        instance = Prometheus(tmp_path, f"127.0.0.1:{server.metrics_port}", helpers.free_port())
+        instance = Prometheus(tmp_path, f"127.0.0.1:{server.metrics_port}")
         started.append(instance)
         instance.wait_ready()
         return instance
@@ -95,28 +35,29 @@ def prometheus_for(tmp_path, helpers) -> Iterator:
         instance.stop()
 
 
-def test_prometheus_sees_the_requests_made(start_server, make_repository, prometheus_for, helpers):
+def test_prometheus_sees_the_requests_made(start_server, make_repository, prometheus_for):
     server = start_server(make_repository())
     prometheus = prometheus_for(server)
     sizes = [(64, 64), (120, 96), (200, 200), (256, 320)]
     totals, megapixels, patches = [], 0.0, 0
     with AtsClient(server.target, retries=0) as client:
         for i, (height, width) in enumerate(sizes):
-            response = client.predict(helpers.random_image(height, width, seed=i), n_patches=i + 1)
+            response = client.predict(random_image(height, width, seed=i), n_patches=i + 1)
             totals.append(next(t.seconds for t in response.timings if t.stage == "total"))
             megapixels += height * width / 1e6
             patches += len(response.patches)
         for call in (
-            lambda: client.predict(helpers.random_image(64, 64), model="nope"),
-            lambda: client.predict(helpers.random_image(64, 64), n_patches=1000),
+            lambda: client.predict(random_image(64, 64), model="nope"),
+            lambda: client.predict(random_image(64, 64), n_patches=1000),
         ):
             with pytest.raises(AtsError):
                 call()
 
-    deadline = time.monotonic() + 60
-    while prometheus.value('sum(ats_requests_total{rpc="Predict"})') != 6:
-        assert time.monotonic() < deadline, "Prometheus never scraped the requests"
-        time.sleep(0.5)
+    wait_for(
+        lambda: prometheus.value('sum(ats_requests_total{rpc="Predict"})') == 6,
+        timeout=60,
+        what="Prometheus scraping the six requests",
+    )
 
     assert prometheus.value('up{job="ats"}') == 1
     assert prometheus.value('ats_requests_total{rpc="Predict",code="OK",model="tiny",version="1"}') == 4

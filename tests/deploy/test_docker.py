@@ -27,7 +27,7 @@ import tomllib
 
 from service.config import Config, env_name
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 INSTALL_SCRIPT = "docker/install.sh"
 # The project's distributions (library, client, server), in install order.

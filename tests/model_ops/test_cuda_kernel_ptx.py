@@ -11,9 +11,11 @@ import subprocess
 
 import pytest
 
+from tests.support import REPO_ROOT
+
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="no nvcc on this machine")
-KERNELS = pathlib.Path(__file__).resolve().parents[1] / "model_ops" / "cc" / "kernels"
+KERNELS = REPO_ROOT / "model_ops" / "cc" / "kernels"
 FORWARD = [
     ("unsigned char", "unsigned char"),
     ("unsigned short", "unsigned short"),

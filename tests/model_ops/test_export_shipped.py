@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 
 from model_ops.export import load_metadata
 from model_ops.training.evaluate import evaluate
+from tests.support import REPO_ROOT
 
-MODEL = pathlib.Path(__file__).resolve().parents[1] / "models" / "megapixel-digits"
+MODEL = REPO_ROOT / "models" / "megapixel-digits"
 # Lowest count of 50 fixed test canvases (top-k, 10 patches) each version must read.
 # Version 1 scores 94% on 1000 canvases: fewer than 40 of 50 has probability about
 # 1.5e-4 at 94%. Version 2 scores 97% (bench/results/training.md): fewer than 44 of 50

@@ -13,6 +13,7 @@ import pytest
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from ats_client import AtsClient, AtsError
+from tests.support import encode_image, random_image
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 EXHAUSTED, UNIMPLEMENTED = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED
@@ -25,10 +26,10 @@ def client(ats_server):
 
 
 @pytest.fixture(autouse=True)
-def server_still_answers(client, helpers):
+def server_still_answers(client):
     yield
     assert client.health() == "SERVING"
-    assert client.predict(helpers.random_image(64, 64), n_patches=2).label
+    assert client.predict(random_image(64, 64), n_patches=2).label
 
 
 def refused(call, code: grpc.StatusCode, field: str | None) -> AtsError:
@@ -46,21 +47,21 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def test_corrupt_image(client, helpers):
-    png = bytearray(helpers.encode(helpers.random_image(64, 64)))
+def test_corrupt_image(client):
+    png = bytearray(encode_image(random_image(64, 64)))
     idat = png.index(b"IDAT") + 4
     png[idat : idat + 2] = b"\xff\xff"  # a zlib stream header no decoder accepts
     error = refused(lambda: client.predict(bytes(png)), INVALID, "image")
     assert "corrupt or truncated PNG" in error.message
 
 
-def test_truncated_image(client, helpers):
-    png = helpers.encode(helpers.random_image(128, 128))
+def test_truncated_image(client):
+    png = encode_image(random_image(128, 128))
     refused(lambda: client.predict(png[: len(png) // 2]), INVALID, "image")
 
 
-def test_unknown_format(client, helpers):
-    gif = helpers.encode(helpers.random_image(32, 32), "GIF")
+def test_unknown_format(client):
+    gif = encode_image(random_image(32, 32), "GIF")
     error = refused(lambda: client.predict(gif), INVALID, "image")
     assert "PNG" in error.message and "WEBP" in error.message
     refused(lambda: client.predict(b"plain text, not an image"), INVALID, "image")
@@ -93,27 +94,27 @@ def test_tensor_data_of_the_wrong_length(client):
 
 
 @pytest.mark.parametrize("n_patches", [65, -1])
-def test_n_patches_out_of_range(client, helpers, n_patches):
+def test_n_patches_out_of_range(client, n_patches):
     error = refused(
-        lambda: client.predict(helpers.random_image(64, 64), n_patches=n_patches), INVALID, "n_patches"
+        lambda: client.predict(random_image(64, 64), n_patches=n_patches), INVALID, "n_patches"
     )
     assert str(n_patches) in error.message
 
 
-def test_more_patches_than_cells_without_replacement(client, helpers):
+def test_more_patches_than_cells_without_replacement(client):
     # 16x16 at scale 1/8: a 2x2 attention map, 4 cells, drawn without replacement
-    error = refused(lambda: client.predict(helpers.random_image(16, 16), n_patches=5), INVALID, "n_patches")
+    error = refused(lambda: client.predict(random_image(16, 16), n_patches=5), INVALID, "n_patches")
     assert "4 attention cells" in error.message
 
 
-def test_unknown_model(client, helpers):
-    refused(lambda: client.predict(helpers.random_image(64, 64), model="nope"), NOT_FOUND, "model_name")
+def test_unknown_model(client):
+    refused(lambda: client.predict(random_image(64, 64), model="nope"), NOT_FOUND, "model_name")
     refused(lambda: client.metadata("nope"), NOT_FOUND, "model_name")
 
 
-def test_unknown_version(client, helpers):
+def test_unknown_version(client):
     error = refused(
-        lambda: client.predict(helpers.random_image(64, 64), version=7), NOT_FOUND, "model_version"
+        lambda: client.predict(random_image(64, 64), version=7), NOT_FOUND, "model_version"
     )
     assert "ready: [1]" in error.message
 
@@ -158,8 +159,8 @@ def test_stream_must_start_with_its_header(ats_server):
     refused(lambda: _raw_stream(ats_server.target, []), INVALID, "header")
 
 
-def test_stream_header_carries_no_pixels(ats_server, helpers):
-    png = helpers.encode(helpers.random_image(64, 64))
+def test_stream_header_carries_no_pixels(ats_server):
+    png = encode_image(random_image(64, 64))
     messages = [
         pb.PredictStreamRequest(header=pb.PredictRequest(image=png)),
         pb.PredictStreamRequest(chunk=png),
@@ -167,7 +168,7 @@ def test_stream_header_carries_no_pixels(ats_server, helpers):
     refused(lambda: _raw_stream(ats_server.target, messages), INVALID, "header.image")
 
 
-def test_second_header_in_a_stream(ats_server, helpers):
+def test_second_header_in_a_stream(ats_server):
     header = pb.PredictStreamRequest(header=pb.PredictRequest())
     refused(lambda: _raw_stream(ats_server.target, [header, header]), INVALID, "header")
 
@@ -178,10 +179,10 @@ def _resident_mb(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_memory_returns_after_refused_large_images(client, ats_server, helpers):
+def test_memory_returns_after_refused_large_images(client, ats_server):
     """Truncated 12 MP images are decoded into full buffers before they fail:
     those buffers must be freed, so resident memory does not climb with each one."""
-    jpeg = helpers.encode(helpers.random_image(3000, 4000), "JPEG", quality=90)
+    jpeg = encode_image(random_image(3000, 4000), "JPEG", quality=90)
     truncated = jpeg[: len(jpeg) * 3 // 4]
     pid = ats_server.process.pid
 

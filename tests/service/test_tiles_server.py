@@ -9,17 +9,16 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, free_port
 from prometheus_client import CollectorRegistry
 
 from ats_client import AtsClient, AtsError
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 from model_ops.datasets.writers import write_png, write_tiff
 from service.config import Config
+from tests.support import TINY_MODEL, free_port, metric, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -104,14 +103,10 @@ def test_refusals_carry_their_status_codes(served) -> None:
 def test_tile_reads_reach_the_prometheus_counters(served) -> None:
     client, *_, metrics_url, _ = served
     client.predict_tile("canvas.tif", level=0, seed=3)
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    values = {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("ats_tile") and not line.startswith("#")
-    }
-    assert values["ats_tile_bytes_read_total"] > 0 and values["ats_tiles_decoded_total"] > 0
-    assert values["ats_tile_cache_misses_total"] > 0
+    samples = scrape(metrics_url)
+    assert metric(samples, "ats_tile_bytes_read_total") > 0
+    assert metric(samples, "ats_tiles_decoded_total") > 0
+    assert metric(samples, "ats_tile_cache_misses_total") > 0
 
 
 def test_cli_predicts_a_tile_reference(served) -> None:

@@ -22,8 +22,8 @@ import sys
 import time
 
 import pytest
-from conftest import free_port
-from test_docker import (
+
+from tests.deploy.test_docker import (
     INSTALL_SCRIPT,
     ROOT,
     context_files,
@@ -32,6 +32,7 @@ from test_docker import (
     parse_dockerfile,
     stage,
 )
+from tests.support import free_port
 
 # The variant replayed: this machine's TensorFlow is the CPU one.
 VARIANT = "cpu"

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_client import AtsClient
+from tests.support import encode_image, metric, random_image, scrape
 
 STAGES = ["decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head", "total"]
 
@@ -61,30 +62,30 @@ def check_response(
     assert 0 < sum(t.seconds for t in response.timings[:-1]) <= total
 
 
-def test_predict_png(client, meta, helpers):
-    pixels = helpers.random_image(240, 320)
-    response = client.predict(helpers.encode(pixels, "PNG"), seed=5)
+def test_predict_png(client, meta):
+    pixels = random_image(240, 320)
+    response = client.predict(encode_image(pixels, "PNG"), seed=5)
     check_response(response, meta, 240, 320, meta.n_patches)
     assert response.seed == 5
 
 
-def test_predict_jpeg_from_a_path(client, meta, helpers, tmp_path):
+def test_predict_jpeg_from_a_path(client, meta, tmp_path):
     path = tmp_path / "image.jpg"
-    path.write_bytes(helpers.encode(helpers.random_image(200, 256), "JPEG", quality=90))
+    path.write_bytes(encode_image(random_image(200, 256), "JPEG", quality=90))
     check_response(client.predict(str(path), n_patches=7), meta, 200, 256, 7)
 
 
-def test_raw_tensor_and_png_give_the_same_answer(client, meta, helpers):
-    pixels = helpers.random_image(256, 256, seed=1)
+def test_raw_tensor_and_png_give_the_same_answer(client, meta):
+    pixels = random_image(256, 256, seed=1)
     from_tensor = client.predict(pixels, seed=11)
-    from_png = client.predict(helpers.encode(pixels), seed=11)
+    from_png = client.predict(encode_image(pixels), seed=11)
     check_response(from_tensor, meta, 256, 256, meta.n_patches)
     assert list(from_tensor.probabilities) == list(from_png.probabilities)
     assert list(from_tensor.patches) == list(from_png.patches)
 
 
-def test_seed_reproduces_and_is_reported(client, helpers):
-    pixels = helpers.random_image(256, 256, seed=2)
+def test_seed_reproduces_and_is_reported(client):
+    pixels = random_image(256, 256, seed=2)
     first = client.predict(pixels)
     again = client.predict(pixels, seed=first.seed)
     assert list(again.patches) == list(first.patches)
@@ -92,16 +93,16 @@ def test_seed_reproduces_and_is_reported(client, helpers):
     assert any(list(o) != list(first.patches) for o in others)
 
 
-def test_top_k_takes_the_most_attended_cells(client, helpers):
-    pixels = helpers.random_image(256, 256, seed=3)
+def test_top_k_takes_the_most_attended_cells(client):
+    pixels = random_image(256, 256, seed=3)
     response = client.predict(pixels, mode="top_k", n_patches=5, seed=1)
     values = np.sort(np.array(response.attention.values))[::-1]
     assert [p.probability for p in response.patches] == pytest.approx(values[:5].tolist(), rel=1e-6)
     assert list(client.predict(pixels, mode="top_k", n_patches=5, seed=99).patches) == list(response.patches)
 
 
-def test_patch_crops_are_the_image_pixels(client, helpers):
-    pixels = helpers.random_image(96, 128, seed=4)
+def test_patch_crops_are_the_image_pixels(client):
+    pixels = random_image(96, 128, seed=4)
     response = client.predict(pixels, patch_crops=True, n_patches=10, seed=0)
     padded = np.pad(pixels, ((64, 64), (64, 64), (0, 0)))  # outside the image is zeros
     for patch in response.patches:
@@ -112,24 +113,24 @@ def test_patch_crops_are_the_image_pixels(client, helpers):
         np.testing.assert_array_equal(crop, expected)
 
 
-def test_attention_map_can_be_left_out(client, helpers):
-    response = client.predict(helpers.random_image(128, 128), attention_map=False)
+def test_attention_map_can_be_left_out(client):
+    response = client.predict(random_image(128, 128), attention_map=False)
     assert not response.attention.values and response.attention.height == 16
 
 
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["png", "tensor"])
-def test_large_image_streams_by_itself(ats_server, client, meta, helpers, as_tensor):
+def test_large_image_streams_by_itself(ats_server, client, meta, as_tensor):
     """Over 4 MiB the client switches to PredictStream; the server counts it as such."""
     pixels = np.random.default_rng(7).integers(0, 256, size=(1500, 1500, 3), dtype=np.uint8)
-    image = pixels if as_tensor else helpers.encode(pixels, compress_level=1)
+    image = pixels if as_tensor else encode_image(pixels, compress_level=1)
     assert len(image if isinstance(image, bytes) else pixels.tobytes()) > 4 << 20
-    before = helpers.metric(
-        helpers.scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
+    before = metric(
+        scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
     )
     response = client.predict(image, seed=3)
     check_response(response, meta, 1500, 1500, meta.n_patches)
-    after = helpers.metric(
-        helpers.scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
+    after = metric(
+        scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
     )
     assert after == before + 1
 
@@ -147,7 +148,7 @@ def test_metadata_and_list_models(client, meta):
     assert [m.name for m in listing.models] == ["tiny"] and listing.models[0] == meta
 
 
-def test_staged_server_path_equals_predict_image(client, tiny_model_dir, helpers):
+def test_staged_server_path_equals_predict_image(client, tiny_model_dir):
     """The server runs the stages one by one; the model's own predict_image
     signature must agree exactly for the same seed and mode."""
     import tensorflow as tf
@@ -156,7 +157,7 @@ def test_staged_server_path_equals_predict_image(client, tiny_model_dir, helpers
 
     load_op_library()
     model = tf.saved_model.load(str(tiny_model_dir))
-    pixels = helpers.random_image(200, 240, seed=8)
+    pixels = random_image(200, 240, seed=8)
     for mode, mode_id in (("sample", 0), ("top_k", 1)):
         response = client.predict(pixels, seed=21, mode=mode, n_patches=6)
         reference = model.signatures["predict_image"](
@@ -180,10 +181,10 @@ def test_staged_server_path_equals_predict_image(client, tiny_model_dir, helpers
         )
 
 
-def test_concurrent_requests_get_their_own_answers(client, helpers):
+def test_concurrent_requests_get_their_own_answers(client):
     """Eight threads at once, each image and seed different: every answer equals
     the one the same request gets alone."""
-    requests = [(helpers.random_image(96 + 16 * (i % 4), 128, seed=i), i) for i in range(16)]
+    requests = [(random_image(96 + 16 * (i % 4), 128, seed=i), i) for i in range(16)]
     alone = [client.predict(pixels, seed=seed) for pixels, seed in requests]
     with futures.ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda r: client.predict(r[0], seed=r[1]), requests))

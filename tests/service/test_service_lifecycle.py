@@ -8,8 +8,7 @@ import json
 import shutil
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -17,16 +16,9 @@ import pytest
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from ats_client import AtsClient, AtsError
+from tests.support import encode_image, metric, random_image, scrape, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        time.sleep(0.1)
 
 
 def health(client: AtsClient, service: str = "") -> str:
@@ -92,7 +84,7 @@ def test_health_follows_model_readiness(start_server, tmp_path, tiny_model_dir):
     assert any("failed to load" in r["message"] and r["level"] == "ERROR" for r in records)
 
 
-def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_model_dir, helpers, tmp_path):
+def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_model_dir, tmp_path):
     repo = make_repository((1,))
     server = start_server(repo, "--poll-interval", "0.2")
     served: list[int] = []
@@ -100,7 +92,7 @@ def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_mod
     stop = threading.Event()
 
     def loop() -> None:
-        pixels = helpers.random_image(96, 96)
+        pixels = random_image(96, 96)
         with AtsClient(server.target, retries=0, timeout=30) as client:
             while not stop.is_set():
                 try:
@@ -127,15 +119,15 @@ def test_new_version_swaps_in_under_load(start_server, make_repository, tiny_mod
     assert not failures, failures[:3]
     assert served[0] == 1 and set(served[count:]) == {2}
     assert "tiny version 1 unloaded" in server.log()
-    samples = helpers.scrape(server.metrics_url)
-    assert helpers.metric(samples, "ats_model_ready", model="tiny", version="2") == 1
+    samples = scrape(server.metrics_url)
+    assert metric(samples, "ats_model_ready", model="tiny", version="2") == 1
     assert not any(n == "ats_model_ready" and ("version", "1") in ls for n, ls in samples)
 
 
-def test_sigterm_drains_in_flight_requests(start_server, make_repository, helpers):
+def test_sigterm_drains_in_flight_requests(start_server, make_repository):
     server = start_server(make_repository(), "--drain-delay", "6", "--grace-period", "30")
     release = threading.Event()
-    png = helpers.encode(helpers.random_image(128, 128))
+    png = encode_image(random_image(128, 128))
     with (
         grpc.insecure_channel(server.target) as channel,
         AtsClient(server.target, retries=0, timeout=2) as client,
@@ -144,7 +136,7 @@ def test_sigterm_drains_in_flight_requests(start_server, make_repository, helper
             held_stream(pb.PredictRequest(n_patches=3), png, release), timeout=60
         )
         wait_for(
-            lambda: helpers.metric(helpers.scrape(server.metrics_url), "ats_requests_in_flight") == 1,
+            lambda: metric(scrape(server.metrics_url), "ats_requests_in_flight") == 1,
             what="upload in flight",
         )
         server.process.send_signal(signal.SIGTERM)
@@ -157,24 +149,24 @@ def test_sigterm_drains_in_flight_requests(start_server, make_repository, helper
     assert "draining" in server.log() and "stopped" in server.log()
 
 
-def test_capacity_deadline_and_cancellation(start_server, make_repository, helpers):
+def test_capacity_deadline_and_cancellation(start_server, make_repository):
     server = start_server(make_repository(), "--max-concurrent-predicts", "2", "--queue-timeout", "0.3")
-    png = helpers.encode(helpers.random_image(128, 128))
-    small = helpers.random_image(64, 64)
+    png = encode_image(random_image(128, 128))
+    small = random_image(64, 64)
     header = pb.PredictRequest(n_patches=2)
 
-    def scrape() -> dict:
-        return helpers.scrape(server.metrics_url)
+    def current() -> dict:
+        return scrape(server.metrics_url)
 
     with grpc.insecure_channel(server.target) as channel, AtsClient(server.target, retries=0) as client:
         stub = pb_grpc.AttentionSamplingStub(channel)
         first, second = threading.Event(), threading.Event()
         slow = stub.PredictStream.future(held_stream(header, png, first), timeout=60)
-        wait_for(lambda: helpers.metric(scrape(), "ats_requests_in_flight") == 1, what="one slot taken")
+        wait_for(lambda: metric(current(), "ats_requests_in_flight") == 1, what="one slot taken")
         # one slow upload does not block small requests
         assert all(client.predict(small, n_patches=2).label for _ in range(3))
         slower = stub.PredictStream.future(held_stream(header, png, second), timeout=60)
-        wait_for(lambda: helpers.metric(scrape(), "ats_requests_in_flight") == 2, what="both slots taken")
+        wait_for(lambda: metric(current(), "ats_requests_in_flight") == 2, what="both slots taken")
         with pytest.raises(AtsError) as caught:
             client.predict(small)
         assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -183,7 +175,7 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository, helpe
         assert slow.result(60).label and slower.result(60).label
         assert client.predict(small).label
 
-        decoded = helpers.metric(scrape(), "ats_stage_seconds_count", stage="decode")
+        decoded = metric(current(), "ats_stage_seconds_count", stage="decode")
         # a deadline passing during the upload stops the request before any stage
         never = threading.Event()
         with pytest.raises(grpc.RpcError) as caught:
@@ -191,7 +183,7 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository, helpe
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_for(
             lambda: (
-                helpers.metric(scrape(), "ats_requests_total", rpc="PredictStream", code="DEADLINE_EXCEEDED")
+                metric(current(), "ats_requests_total", rpc="PredictStream", code="DEADLINE_EXCEEDED")
                 == 1
             ),
             timeout=10,
@@ -199,21 +191,21 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository, helpe
         )
         # a cancelled call too
         cancelled = stub.PredictStream.future(held_stream(header, png, never), timeout=60)
-        wait_for(lambda: helpers.metric(scrape(), "ats_requests_in_flight") == 1, what="upload started")
+        wait_for(lambda: metric(current(), "ats_requests_in_flight") == 1, what="upload started")
         cancelled.cancel()
         wait_for(
             lambda: (
-                helpers.metric(scrape(), "ats_requests_total", rpc="PredictStream", code="CANCELLED") == 1
+                metric(current(), "ats_requests_total", rpc="PredictStream", code="CANCELLED") == 1
             ),
             timeout=10,
             what="cancellation counted",
         )
         never.set()
-        samples = scrape()
-        assert helpers.metric(samples, "ats_stage_seconds_count", stage="decode") == decoded
-        assert helpers.metric(samples, "ats_requests_in_flight") == 0
+        samples = current()
+        assert metric(samples, "ats_stage_seconds_count", stage="decode") == decoded
+        assert metric(samples, "ats_requests_in_flight") == 0
         assert (
-            helpers.metric(
+            metric(
                 samples,
                 "grpc_server_handled_total",
                 grpc_method="PredictStream",

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_extract_patches_reference import reference_patches, reference_scatter
 
 from model_ops import extract_patches
+from tests.model_ops.test_extract_patches_reference import reference_patches, reference_scatter
 
 SIZE = (5, 4)
 IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32)

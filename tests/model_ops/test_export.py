@@ -27,8 +27,8 @@ from model_ops.export import (
 )
 from model_ops.op_library import op_library_version
 from model_ops.patch_ops import extract_patches
+from tests.support import REPO_ROOT
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
 def _fresh_process(version_dir, load_op: bool) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     return subprocess.run(

@@ -5,23 +5,22 @@ a real running server."""
 from __future__ import annotations
 
 import json
-import pathlib
 import re
 import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import yaml
-from conftest import free_port
-from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "ats-serving.json"
-PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
+from tests.support import REPO_ROOT, Prometheus, scrape
+
+DASHBOARD = REPO_ROOT / "docker" / "grafana" / "dashboards" / "ats-serving.json"
+PROMETHEUS_CONFIG = REPO_ROOT / "docker" / "prometheus" / "prometheus.yml"
 # Grafana variables, replaced by values Prometheus accepts.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$model": ".*"}
 PROMQL_KEYWORDS = {
@@ -172,9 +171,7 @@ def served_metrics(ats_server) -> set[str]:
     """Sample names (with _total, _bucket, _sum, _count) a real ats-serve
     exports after a prediction and a refused request."""
     traffic(ats_server)
-    with urllib.request.urlopen(ats_server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {name for name, _ in scrape(ats_server.metrics_url)}
 
 
 @pytest.mark.slow
@@ -183,60 +180,13 @@ def test_every_queried_metric_is_exported_by_a_running_server(served_metrics):
     assert not missing, f"the dashboard queries metrics the server does not export: {sorted(missing)}"
 
 
-class Prometheus:
-    """The Debian ``prometheus`` on loopback, scraping one server every second
-    with the compose stack's scrape job."""
-
-    def __init__(self, metrics_url: str, folder: pathlib.Path) -> None:
-        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-        target = urllib.parse.urlsplit(metrics_url)
-        (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ats-server"]
-        job["static_configs"] = [{"targets": [target.netloc]}]
-        config["scrape_configs"] = [job]
-        config["global"]["scrape_interval"] = "1s"
-        (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.url = f"http://127.0.0.1:{free_port()}"
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus (Debian package prometheus) is missing: run bash .ci/setup.sh"
-        self._log = open(folder / "prometheus.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address={self.url.removeprefix('http://')}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, (self._log.name, "prometheus exited")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2):
-                    return
-            except OSError:
-                assert time.monotonic() < deadline, "prometheus not ready"
-                time.sleep(0.2)
-
-    def query(self, expr: str) -> list[dict]:
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
-def prometheus(ats_server, tmp_path_factory) -> Prometheus:
-    server = Prometheus(ats_server.metrics_url, tmp_path_factory.mktemp("prometheus"))
+def prometheus(ats_server, tmp_path_factory) -> Iterator[Prometheus]:
+    """Prometheus scraping the shared server with the compose stack's scrape job."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ats-server"]
+    target = urllib.parse.urlsplit(ats_server.metrics_url).netloc
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"), target, job)
     try:
         server.wait_ready()
         yield server

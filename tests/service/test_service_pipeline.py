@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
-from service.pipeline import decode, runner, sources
 from service.errors import Cancelled, TooLarge, Unsupported
 from service.models.servable import load_servable
+from service.pipeline import decode, runner, sources
 from service.pipeline.payload import RawTensor, TileRef
+from tests.support import random_image
 
 LIMITS = sources.SourceLimits(max_image_pixels=40_000_000, max_image_bytes=64 << 20)
 
@@ -34,7 +35,7 @@ def tensor(pixels: np.ndarray) -> RawTensor:
 
 
 @pytest.mark.parametrize("stop_before", runner.STAGES)
-def test_stops_between_stages_once_the_caller_is_gone(servable, helpers, stop_before):
+def test_stops_between_stages_once_the_caller_is_gone(servable, stop_before):
     checked: list[int] = []
 
     def is_active() -> bool:
@@ -44,7 +45,7 @@ def test_stops_between_stages_once_the_caller_is_gone(servable, helpers, stop_be
     with pytest.raises(Cancelled, match=f"before stage {stop_before}"):
         runner.run(
             servable,
-            tensor(helpers.random_image(64, 64)),
+            tensor(random_image(64, 64)),
             runner.PredictOptions(),
             in_memory_sources(),
             is_active,
@@ -103,8 +104,8 @@ class RegionSource(sources.ImageSource):
         return tf.constant(np.stack(crops)[np.newaxis])
 
 
-def test_a_registered_source_gives_the_in_memory_answer(servable, helpers):
-    pixels = helpers.random_image(160, 200, seed=5)
+def test_a_registered_source_gives_the_in_memory_answer(servable):
+    pixels = random_image(160, 200, seed=5)
     region_source = RegionSource(pixels)
     registry = in_memory_sources()
     registry.register("tile", lambda payload, channels, limits: region_source, formats=("TIFF",))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_extract_patches_reference import reference_scatter
 
 from model_ops import extract_patches
+from tests.model_ops.test_extract_patches_reference import reference_scatter
 
 CASES = {  # image shape, offsets per batch item, patch size; overlapping, across borders
     1: ((2, 7, 2), [[[-2], [1], [3], [5]], [[0], [0], [-9], [6]]], (4,)),

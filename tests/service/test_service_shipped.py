@@ -7,12 +7,13 @@ import pytest
 
 from ats_client import AtsClient
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
+from tests.support import encode_image
 
 pytestmark = pytest.mark.slow
 CANVASES = 30
 
 
-def test_default_repository_serves_the_shipped_model(start_server, helpers):
+def test_default_repository_serves_the_shipped_model(start_server):
     from service.config import default_model_repository
 
     repository = default_model_repository()
@@ -24,7 +25,7 @@ def test_default_repository_serves_the_shipped_model(start_server, helpers):
         assert meta.name == "megapixel-digits" and list(meta.patch_size) == [50, 50]
         for index in range(CANVASES):
             layout = make_layout(CanvasSpec(), "test", seed=2024, index=index)
-            png = helpers.encode(render_canvas(layout)[..., 0])
+            png = encode_image(render_canvas(layout)[..., 0])
             response = client.predict(png, mode="top_k")
             assert (response.image_height, response.image_width) == (1500, 1500)
             correct += response.label == str(layout.label)

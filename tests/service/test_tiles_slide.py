@@ -11,7 +11,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
-from service.pipeline.errors import InvalidInput
+from service.errors import InvalidInput
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import InMemorySource, SourceLimits
 from service.tiles import TileOpener

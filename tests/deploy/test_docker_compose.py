@@ -12,9 +12,9 @@ import subprocess
 import urllib.parse
 
 import yaml
-from test_docker import ROOT, stage
 
 from service.config import Config, env_name
+from tests.deploy.test_docker import ROOT, stage
 
 DOCKER = ROOT / "docker"
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"

@@ -10,12 +10,12 @@ import pathlib
 import kubernetes_validate
 import pytest
 import yaml
-from test_docker import stage
 
 from service.config import Config, env_name
+from tests.deploy.test_docker import stage
+from tests.support import REPO_ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-K8S = ROOT / "docker" / "k8s"
+K8S = REPO_ROOT / "docker" / "k8s"
 KUBERNETES_VERSION = "1.30.0"  # oldest release still supported upstream when written
 
 

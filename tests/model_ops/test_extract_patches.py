@@ -6,9 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_extract_patches_reference import DTYPES, random_case, random_images, reference_patches
 
 from model_ops import extract_patches
+from tests.model_ops.test_extract_patches_reference import (
+    DTYPES,
+    random_case,
+    random_images,
+    reference_patches,
+)
 
 
 def run_op(mode, images, offsets, size, **kwargs):

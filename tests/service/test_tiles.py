@@ -20,8 +20,8 @@ from PIL import Image
 
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 from model_ops.datasets.writers import write_jpeg, write_png, write_tiff
+from service.errors import TooLarge
 from service.pipeline.decode import decode_image
-from service.pipeline.errors import TooLarge
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import InMemorySource, SourceLimits
 from service.tiles import TileOpener
@@ -211,7 +211,7 @@ def test_plain_images_over_the_limits_are_refused_before_decoding(root: pathlib.
 def test_counters_follow_the_totals(root: pathlib.Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from service.server.metrics import Metrics
+    from service.metrics import Metrics
 
     registry = CollectorRegistry()
     opener = TileOpener(str(root), 32 << 20, counters=Metrics(registry))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import pytest
 
 from service.config import Config, default_model_repository, describe, env_name, load_config
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.support import REPO_ROOT
 
 
 def test_defaults():

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from ats_client import AtsClient, AtsError
+from tests.support import random_image
 
 
 def cli(server, *args: str) -> subprocess.CompletedProcess:
@@ -123,9 +124,9 @@ def test_deadline(ats_server):
 
 
 @pytest.mark.slow
-def test_retries_while_the_server_starts(start_server, make_repository, helpers):
+def test_retries_while_the_server_starts(start_server, make_repository):
     server = start_server(make_repository(), wait=False)
-    pixels = helpers.random_image(64, 64)
+    pixels = random_image(64, 64)
     with AtsClient(server.target, retries=0) as impatient, pytest.raises(AtsError) as caught:
         impatient.predict(pixels)
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
