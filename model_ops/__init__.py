@@ -47,7 +47,31 @@ _EXPORTS = {
     "latest_version": "export",
 }
 
-__all__ = sorted(_EXPORTS)
+# the names of _EXPORTS, spelled out so that linters and type checkers see the re-exports
+__all__ = [
+    "Expectation",
+    "FromTensors",
+    "IncompatibleModelError",
+    "ModelMetadata",
+    "MultiResolutionImage",
+    "SamplePatches",
+    "SampleSoftmax",
+    "aggregate",
+    "attention_sampling",
+    "build_info",
+    "cell_grid",
+    "cells_to_offsets",
+    "export_model",
+    "extract_patches",
+    "latest_version",
+    "load_metadata",
+    "load_model",
+    "load_op_library",
+    "low_resolution_view",
+    "multinomial_entropy",
+    "op_library_version",
+    "sample_positions",
+]
 
 if TYPE_CHECKING:
     from model_ops.core import attention_sampling

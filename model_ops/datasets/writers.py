@@ -83,7 +83,12 @@ def write_tiff(
     if tile % 16:
         raise ValueError(f"TIFF tiles must be a multiple of 16 px, got {tile}")
     factors = pyramid_factors(layout.height, layout.width, tile)
-    options = dict(dtype=np.uint8, tile=(tile, tile), compression=compression, photometric="minisblack")
+    options = {
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "compression": compression,
+        "photometric": "minisblack",
+    }
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level, factor in enumerate(factors):
             tif.write(

@@ -33,8 +33,8 @@ _BACKGROUND_PER_CANVAS = 2
 
 
 def _crop(layout: Layout, centre_y: float, centre_x: float, patch: tuple[int, int]) -> np.ndarray:
-    top = int(round(centre_y - patch[0] / 2))
-    left = int(round(centre_x - patch[1] / 2))
+    top = round(centre_y - patch[0] / 2)
+    left = round(centre_x - patch[1] / 2)
     return render_region(layout, top, left, patch[0], patch[1])
 
 
@@ -101,7 +101,7 @@ def attention_targets(layouts: list[Layout], map_shape: tuple[int, int], radius:
         centres = layout.digit_centres
         rows = (centres[:, 0] * map_shape[0] / layout.height).astype(int)
         cols = (centres[:, 1] * map_shape[1] / layout.width).astype(int)
-        for row, col in zip(rows, cols):
+        for row, col in zip(rows, cols, strict=True):
             rr = np.clip(row + span, 0, map_shape[0] - 1)
             cc = np.clip(col + span, 0, map_shape[1] - 1)
             np.add.at(targets[b], np.ix_(rr, cc), 1.0 / (len(centres) * len(span) ** 2))

@@ -66,7 +66,7 @@ def build_full_image_cnn(
     """
     image = keras.Input((*image_shape, channels), name="image")
     x = image
-    for i, (kernel, stride) in enumerate(zip((7, 3, 3, 3), strides), start=1):
+    for i, (kernel, stride) in enumerate(zip((7, 3, 3, 3), strides, strict=True), start=1):
         x = layers.Conv2D(FEATURE_DIM, kernel, strides=stride, activation="relu", name=f"cnn_conv{i}")(x)
     x = layers.GlobalMaxPooling2D(name="cnn_pool")(x)
     x = layers.UnitNormalization(name="cnn_l2")(x)

@@ -64,7 +64,8 @@ def _panel(title: str, series: dict[str, list[float]], xs: list[float]) -> Image
     draw.text(((x0 + x1) / 2 - 15, _PANEL[1] - 16), "epoch", fill="black")
     for i, (name, ys) in enumerate(series.items()):
         colour = _COLOURS[i % len(_COLOURS)]
-        points = [point(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
+        # read_log drops blank cells, so a column may be shorter than the epochs
+        points = [point(x, y) for x, y in zip(xs, ys, strict=False) if math.isfinite(y)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         for px, py in points:
@@ -110,7 +111,7 @@ def plot_attention(
 ) -> None:
     """One row per canvas: the canvas and its attention map, sampled patches boxed in green on both."""
     rows = []
-    for canvas, attention, offs, title in zip(canvases, attentions, offsets, titles):
+    for canvas, attention, offs, title in zip(canvases, attentions, offsets, titles, strict=True):
         height, width = canvas.shape[:2]
         scale = side / max(height, width)
         size = (round(width * scale), round(height * scale))

@@ -127,7 +127,7 @@ def train_features(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, ve
         validation_data=val,
         shuffle=True,
         verbose=verbose,
-        callbacks=run.callbacks("features") + [_step_decay(recipe.feature_lr, recipe.feature_epochs)],
+        callbacks=[*run.callbacks("features"), _step_decay(recipe.feature_lr, recipe.feature_epochs)],
     )
     kernel, bias = crop_head.get_weights()
     nets.head.get_layer("head_dense").set_weights(
@@ -165,7 +165,7 @@ def train_attention(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, v
         validation_data=data("test", recipe.attention_val_canvases),
         shuffle=True,
         verbose=verbose,
-        callbacks=run.callbacks("attention") + [_step_decay(recipe.attention_lr, recipe.attention_epochs)],
+        callbacks=[*run.callbacks("attention"), _step_decay(recipe.attention_lr, recipe.attention_epochs)],
     )
     return _last(history)
 
@@ -233,8 +233,11 @@ def train_finetune(run: RunDir, nets: Nets, spec: CanvasSpec, recipe: Recipe, ve
         epochs=recipe.finetune_epochs,
         validation_data=val,
         verbose=verbose,
-        callbacks=run.callbacks("finetune")
-        + [FreshCanvases(train), cosine_decay(recipe.finetune_lr, recipe.finetune_epochs)],
+        callbacks=[
+            *run.callbacks("finetune"),
+            FreshCanvases(train),
+            cosine_decay(recipe.finetune_lr, recipe.finetune_epochs),
+        ],
     )
     return _last(history)
 
@@ -261,7 +264,8 @@ def cosine_decay(base: float, epochs: int, floor: float = 0.05) -> keras.callbac
 
 
 def _step_decay(base: float, epochs: int) -> keras.callbacks.Callback:
-    """The learning rate drops 4x for the last third of a stage (a function of the epoch, so resumes agree)."""
+    """The learning rate drops 4x for the last third of a stage (a function of the
+    epoch, so resumes agree)."""
     boundary = max(1, (2 * epochs) // 3)
     return keras.callbacks.LearningRateScheduler(lambda epoch: base if epoch < boundary else base / 4)
 

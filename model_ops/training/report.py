@@ -60,8 +60,8 @@ def write_report(
         f"# Training report: megapixel digits, `{version_dir}`",
         "",
         f"Command: `ats-train megapixel-digits --run-dir {run_dir.as_posix()} --export {version_dir}` "
-        f"(batch {recipe['batch_size']}, seed {recipe['seed']}); machine: {os.cpu_count()} CPU cores shared with "
-        f"other work, Python {platform.python_version()}.",
+        f"(batch {recipe['batch_size']}, seed {recipe['seed']}); "
+        f"machine: {os.cpu_count()} CPU cores shared with other work, Python {platform.python_version()}.",
         "",
         f"**Total training wall time: {summary['total_seconds'] / 60:.1f} min.**",
         "",
