@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from model_ops.layers import ActivityRegularizer, Expectation, SamplePatches, TotalReshape
+from model_ops.sampling import Mode
 
 
 def infer_patch_size(feature) -> tuple[int, ...]:
@@ -33,7 +34,7 @@ def attention_sampling(
     receptive_field: int = 0,
     *,
     seed: int | None = None,
-    mode: str = "sample",
+    mode: Mode = "sample",
     patch_dtype: str | None = None,
     patch_scale: float = 1.0,
 ) -> Callable:

@@ -55,7 +55,8 @@ class ModelMetadata:
     def low_shape(self, height: int, width: int) -> tuple[int, int]:
         """Size of the low-resolution view of a ``height`` x ``width`` image."""
         if self.low_size is not None:
-            return tuple(self.low_size)
+            low_height, low_width = self.low_size
+            return low_height, low_width
         return lowres.low_resolution_size((height, width), self.low_scale)
 
     def with_current_versions(self) -> ModelMetadata:

@@ -18,11 +18,11 @@ half-to-even (``tf.round``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 import tensorflow as tf
 
-Sizes = Union[int, Sequence[int], tf.Tensor]
+Sizes: TypeAlias = int | Sequence[int] | tf.Tensor
 
 
 def _per_dim(value: Sizes, ndim: int) -> tf.Tensor:
@@ -61,7 +61,10 @@ def cell_grid(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Full-resolution ``(steps, origin)`` float64 per dimension: cell ``i`` covers
     ``[origin + i*steps, origin + (i+1)*steps)``. Clients draw the map with it."""
-    ndim = ndim or len(low_shape)
+    if not ndim:
+        if isinstance(low_shape, int):
+            raise TypeError("cell_grid needs ndim when low_shape is a scalar")
+        ndim = len(low_shape)
     low = _per_dim(low_shape, ndim)
     scale = _per_dim(high_shape, ndim) / low
     rf = _per_dim(receptive_field, ndim)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from model_ops.expectation import aggregate
 from model_ops.geometry import cells_to_offsets
 from model_ops.patch_ops import extract_patches
-from model_ops.sampling import MODES, sample_positions
+from model_ops.sampling import MODES, Mode, sample_positions
 
 
 def _serializable(cls):
@@ -72,7 +72,7 @@ class SamplePatches(keras.layers.Layer):
         patch_size: Sequence[int],
         receptive_field: int = 0,
         replace: bool = False,
-        mode: str = "sample",
+        mode: Mode = "sample",
         seed: int | None = None,
         patch_dtype: str | None = None,
         patch_scale: float = 1.0,

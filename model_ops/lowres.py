@@ -23,7 +23,11 @@ def low_resolution_size(shape: Sequence[int], scale: float) -> tuple[int, int]:
     ``round(H * scale)`` with halves rounded up, at least 1 (``ats_model.json``
     ``low_scale``).
     """
-    return tuple(max(1, math.floor(d * scale + _ROUNDING)) for d in shape[:2])
+    return _scaled(shape[0], scale), _scaled(shape[1], scale)
+
+
+def _scaled(size: int, scale: float) -> int:
+    return max(1, math.floor(size * scale + _ROUNDING))
 
 
 def low_resolution_size_tensor(shape: tf.Tensor, scale: float) -> tf.Tensor:

@@ -17,14 +17,14 @@ Randomness is stateless and per image: image ``b`` draws with the key
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, TypeAlias
 
 import numpy as np
 import tensorflow as tf
 
 Mode = Literal["sample", "top_k"]
-MODES = ("sample", "top_k")
-SeedLike = Union[int, tf.Tensor, None]
+MODES: tuple[Mode, ...] = ("sample", "top_k")
+SeedLike: TypeAlias = int | tf.Tensor | None
 
 
 def row_keys(seed: SeedLike, batch_size: tf.Tensor) -> tf.Tensor:

@@ -109,7 +109,7 @@ def load_config(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for field in dataclasses.fields(Config):
-        kind = type(field.default)
+        kind: type[Any] = type(field.default)  # every field has a default (_setting)
         flag_value = getattr(args, field.name)
         if flag_value is not None:
             values[field.name], sources[field.name] = flag_value, "flag"

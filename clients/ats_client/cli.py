@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from google.protobuf import json_format
@@ -19,6 +20,9 @@ from PIL import Image
 
 from ats_client.client import AtsClient, AtsError
 from ats_client.overlay import write_overlay
+
+if TYPE_CHECKING:
+    from ats_api.v1 import attention_sampling_pb2 as pb
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_prediction(response) -> None:
+def _print_prediction(response: pb.PredictResponse) -> None:
     print(
         f"model {response.model_name} v{response.model_version}: {response.label} "
         f"(class {response.class_index})"
@@ -67,14 +71,14 @@ def _print_prediction(response) -> None:
 
 
 def _predict(client: AtsClient, args: argparse.Namespace) -> int:
-    options = dict(
-        model=args.model,
-        version=args.version,
-        n_patches=args.n_patches,
-        seed=args.seed,
-        mode=args.mode,
-        attention_map=True,
-    )
+    options = {
+        "model": args.model,
+        "version": args.version,
+        "n_patches": args.n_patches,
+        "seed": args.seed,
+        "mode": args.mode,
+        "attention_map": True,
+    }
     if args.tile:
         response = client.predict_tile(args.image, level=args.level, **options)
     else:

@@ -27,7 +27,7 @@ def attention_heat(response: pb.PredictResponse, height: int, width: int) -> np.
 
 def render_overlay(pixels: np.ndarray, response: pb.PredictResponse, strength: float = 0.6) -> Image.Image:
     """RGB picture of ``pixels`` (H, W[, C]) uint8 with heat map and patch boxes."""
-    rgb = np.asarray(
+    rgb: np.ndarray = np.asarray(
         Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).convert(
             "RGB"
         ),

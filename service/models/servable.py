@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Any
 
 import tensorflow as tf
 
@@ -20,7 +21,7 @@ class ServableModel:
     spec: ModelMetadata
     version: int
     path: pathlib.Path
-    saved_model: object
+    saved_model: Any  # the loaded SavedModel (TensorFlow has no type information)
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from model_ops.sampling import MODES
 from service.models.servable import ServableModel
 from service.pipeline import runner
 from service.pipeline.payload import RawTensor
@@ -38,5 +39,5 @@ def warm_up(servable: ServableModel) -> None:
         sources = SourceRegistry(
             SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
         )
-        for mode in ("sample", "top_k"):
+        for mode in MODES:
             runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), sources)

@@ -10,4 +10,5 @@ from service.pipeline.sources import ImageSource
 
 def extract(source: ImageSource, offsets: tf.Tensor, spec: ModelMetadata) -> tf.Tensor:
     """uint8 (1, N, ph, pw, C)."""
-    return source.patches(offsets, spec.patch_size)
+    height, width = spec.patch_size
+    return source.patches(offsets, (height, width))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from model_ops.sampling import Mode
 from service.errors import Cancelled
 from service.models.servable import ServableModel
 from service.pipeline import aggregate, attention, extract, features, head, lowres, sampling
@@ -24,7 +25,7 @@ STAGES = ("decode", "lowres", "attention", "sampling", "extract", "features", "a
 class PredictOptions:
     n_patches: int = 0  # 0: the model's default
     seed: int | None = None  # None: drawn per request (and reported)
-    mode: str = "sample"
+    mode: Mode = "sample"
     include_crops: bool = False
 
 

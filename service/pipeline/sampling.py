@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from model_ops import geometry
 from model_ops.export import ModelMetadata
-from model_ops.sampling import sample_positions
+from model_ops.sampling import Mode, sample_positions
 from service.errors import InvalidInput
 
 
@@ -39,7 +39,7 @@ def sample(
     attention: tf.Tensor,
     spec: ModelMetadata,
     n_patches: int,
-    mode: str,
+    mode: Mode,
     seed: int,
     low_shape: tuple[int, int],
     high_shape: tuple[int, int],
@@ -59,7 +59,7 @@ def sample(
 
 @tf.function(reduce_retracing=True)
 def _positions(
-    attention: tf.Tensor, sizes: tf.Tensor, seed: tf.Tensor, replace: bool, mode: str
+    attention: tf.Tensor, sizes: tf.Tensor, seed: tf.Tensor, replace: bool, mode: Mode
 ) -> tuple[tf.Tensor, ...]:
     """Sampling, placement and the cell grid as one graph: the sampler's
     per-row loop is ~50x slower run op by op in eager mode."""

@@ -57,7 +57,8 @@ class InMemorySource(ImageSource):
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self._pixels.shape[1:])
+        _, height, width, channels = self._pixels.shape
+        return int(height), int(width), int(channels)
 
     def low_view(self, size: tuple[int, int]) -> tf.Tensor:
         return low_resolution_view(self._pixels, size)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from google.protobuf.message import Message
 
 from ats_api.v1 import attention_sampling_pb2 as pb
+from model_ops.sampling import Mode
 from service.dataplane import InputSupport, PredictCall, Served
 from service.errors import InvalidInput
 from service.models.repository import VersionEntry
@@ -30,7 +32,7 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _set_packed_floats(message, field: str, values: np.ndarray) -> None:
+def _set_packed_floats(message: Message, field: str, values: np.ndarray) -> None:
     """Fill a repeated float field from an array through its packed wire form:
     a copy of the bytes instead of one Python float per element (~7x faster
     for a 188x188 map)."""
@@ -70,16 +72,22 @@ def stream_payload(header: pb.PredictRequest, data: bytes) -> Payload:
     )
 
 
+_MODES: dict[int, Mode] = {pb.SAMPLE: "sample", pb.TOP_K: "top_k"}
+
+
 def options(request: pb.PredictRequest) -> PredictOptions:
     if request.n_patches < 0:
         raise InvalidInput(
             f"n_patches must be positive (0 for the model default), got {request.n_patches}",
             field="n_patches",
         )
+    mode = _MODES.get(request.mode)
+    if mode is None:  # proto3 enums are open: a newer client may send a value this server lacks
+        raise InvalidInput(f"unknown sampling mode {request.mode}", field="mode")
     return PredictOptions(
         n_patches=request.n_patches,
         seed=request.seed if request.HasField("seed") else None,
-        mode=pb.SamplingMode.Name(request.mode).lower(),
+        mode=mode,
         include_crops=request.output.include_patch_crops,
     )
 
@@ -107,7 +115,12 @@ def response(served: Served, output: pb.OutputOptions) -> pb.PredictResponse:
     ph, pw = spec.patch_size
     patches = []
     for i, ((y, x), (cy, cx), p) in enumerate(
-        zip(prediction.offsets.tolist(), prediction.cells.tolist(), prediction.patch_probabilities.tolist())
+        zip(
+            prediction.offsets.tolist(),
+            prediction.cells.tolist(),
+            prediction.patch_probabilities.tolist(),
+            strict=True,
+        )
     ):
         patch = pb.Patch(x=x, y=y, width=pw, height=ph, probability=p, cell_y=cy, cell_x=cx)
         if prediction.crops is not None:
@@ -121,7 +134,7 @@ def response(served: Served, output: pb.OutputOptions) -> pb.PredictResponse:
         class_index=best,
         probabilities=[
             pb.ClassProbability(name=c, probability=float(p))
-            for c, p in zip(spec.classes, probabilities.tolist())
+            for c, p in zip(spec.classes, probabilities.tolist(), strict=True)
         ],
         attention=attention,
         patches=patches,

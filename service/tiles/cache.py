@@ -22,6 +22,14 @@ class _Pending:
         self.value: np.ndarray | None = None
         self.error: BaseException | None = None
 
+    def result(self) -> np.ndarray:
+        """Wait for the load: its tile, or its error raised."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None  # set before ``done`` by a load that did not fail
+        return self.value
+
 
 class TileCache:
     def __init__(self, max_bytes: int) -> None:
@@ -53,16 +61,14 @@ class TileCache:
                 return tile, True
             pending = self._pending.get(key)
             owner = pending is None
-            if owner:
+            if pending is None:
                 pending = self._pending[key] = _Pending()
         if not owner:
-            pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            return pending.value, True
+            return pending.result(), True
         try:
-            pending.value = load()
-            pending.value.setflags(write=False)  # shared between requests: nobody may modify it
+            loaded = load()
+            loaded.setflags(write=False)  # shared between requests: nobody may modify it
+            pending.value = loaded
         except BaseException as err:
             pending.error = err
             raise
@@ -70,9 +76,9 @@ class TileCache:
             with self._lock:
                 del self._pending[key]
                 if pending.error is None:
-                    self._insert(key, pending.value)
+                    self._insert(key, loaded)
             pending.done.set()
-        return pending.value, False
+        return loaded, False
 
     def _insert(self, key: Hashable, tile: np.ndarray) -> None:
         """Store ``tile`` and evict the oldest until under budget (lock held)."""

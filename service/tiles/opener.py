@@ -6,7 +6,7 @@ import collections
 import os
 import threading
 
-from service.pipeline.payload import TileRef
+from service.pipeline.payload import Payload, TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles.cache import TileCache
 from service.tiles.paths import open_confined, resolve_root
@@ -37,7 +37,8 @@ class TileOpener:
         self._readers: collections.OrderedDict[tuple, Reader] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, payload: TileRef, channels: int, limits: SourceLimits) -> TileSource:
+    def __call__(self, payload: Payload, channels: int, limits: SourceLimits) -> TileSource:
+        assert isinstance(payload, TileRef)  # registered for ``tile`` payloads only
         recorder = Recorder(ReadStats(), self.totals, self._counters)
         file = open_confined(self.root, payload.path)
         with self._lock:

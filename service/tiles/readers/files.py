@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidInput
 from service.tiles.paths import FIELD
 from service.tiles.stats import Recorder
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 def pread_exact(fd: int, count: int, offset: int) -> bytes:
@@ -47,9 +51,10 @@ class CountingFile(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
-    def readinto(self, buffer: memoryview) -> int:
-        data = os.pread(self.fd, len(buffer), self._position)
-        buffer[: len(data)] = data
+    def readinto(self, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self.fd, len(view), self._position)
+        view[: len(data)] = data
         self._position += len(data)
         if self.recorder is not None:
             self.recorder.record(bytes_read=len(data))

@@ -69,10 +69,11 @@ class PlainReader(Reader):
         super().__init__(identity, cache, grids, 1 if self._mode == "L" else 3)
 
     @staticmethod
-    def _open(source: io.RawIOBase | io.BytesIO) -> Image.Image:
+    def _open(source: CountingFile | io.BytesIO) -> Image.Image:
         """Pillow's lazy open: reads the header only."""
         try:
-            return Image.open(source, formats=("PNG", "JPEG"))
+            # Pillow reads any binary file object; its annotation asks for IO[bytes]
+            return Image.open(source, formats=("PNG", "JPEG"))  # type: ignore[arg-type]
         except Image.DecompressionBombError:
             raise TooLarge(
                 "image exceeds the server's pixel limit for an image decoded whole; tile it as a "

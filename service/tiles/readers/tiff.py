@@ -28,7 +28,7 @@ _PHOTOMETRIC = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifff
 
 def _level_page(level: tifffile.TiffPageSeries, index: int) -> tifffile.TiffPage:
     """The one page of a pyramid level, checked to be something we can serve."""
-    if int(np.prod([n for n, axis in zip(level.shape, level.axes) if axis not in "YXS"])) != 1:
+    if int(np.prod([n for n, axis in zip(level.shape, level.axes, strict=True) if axis not in "YXS"])) != 1:
         raise InvalidInput(
             f"TIFF series of shape {level.shape} (axes {level.axes}) has several planes; "
             "only single-plane grayscale or RGB images are supported",
@@ -78,7 +78,8 @@ class TiffReader(Reader):
     def __init__(self, fd: int, size: int, identity: Hashable, cache: TileCache, recorder: Recorder) -> None:
         self._file = CountingFile(fd, size, recorder)
         try:
-            self._tif = tifffile.TiffFile(self._file)
+            # tifffile reads any binary file object; its annotation asks for IO[bytes]
+            self._tif = tifffile.TiffFile(self._file)  # type: ignore[arg-type]
             levels = self._tif.series[0].levels
             self._pages = [_level_page(level, i) for i, level in enumerate(levels)]
         except InvalidInput:
@@ -110,6 +111,8 @@ class TiffReader(Reader):
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as err:
             raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: {err}", field=FIELD) from None
+        if segment is None:
+            raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: no pixels", field=FIELD)
         tile = np.asarray(segment).reshape(segment.shape[-3:])
         # edge tiles are stored padded: keep (and account for) only their pixels
         return tile if tile.shape[:2] == (height, width) else tile[:height, :width].copy()
