@@ -33,6 +33,7 @@ def test_import_is_lazy_and_names_resolve_from_the_package():
 
 
 def test_every_public_name_resolves_and_is_listed():
+    assert sorted(model_ops.__all__) == sorted(model_ops._EXPORTS)  # the list and the lazy table agree
     for name in model_ops.__all__:
         assert getattr(model_ops, name) is not None, name
     assert set(model_ops.__all__) <= set(dir(model_ops))
