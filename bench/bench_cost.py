@@ -121,7 +121,7 @@ def _worker(kind: str, model_dir: str, n_images: int, warmup: int, seed: int) ->
         probabilities = run(i).numpy()
         times.append(time.perf_counter() - start)
         predictions.append(int(np.argmax(probabilities)))
-    correct = sum(p == layout.label for p, layout in zip(predictions, layouts))
+    correct = sum(p == layout.label for p, layout in zip(predictions, layouts, strict=True))
     return {
         "times": times,
         "peak_mib": (_status_kb("VmHWM") - base_kb) / 1024,
@@ -213,15 +213,17 @@ def _table(results: dict[str, list[dict]], args: argparse.Namespace, accuracy_no
             *lines,
             "",
             "- Time: median wall time of one call, uint8 canvas in, class probabilities out.",
-            "- Peak memory per image: each model (in its own process) first runs twice on a 256x256 canvas (the "
-            "attention-sampling model with 1 patch) so its graph is set up; then the peak-RSS mark is reset (`/proc/self/clear_refs`) and the peak resident set "
-            "during all the 1500x1500 calls is taken above the resident set at the reset (column 'resident "
-            "before': imports, model, canvases).",
+            "- Peak memory per image: each model (in its own process) first runs twice on a 256x256 canvas "
+            "(the attention-sampling model with 1 patch) so its graph is set up; then the peak-RSS mark is "
+            "reset (`/proc/self/clear_refs`) and the peak resident set during all the 1500x1500 calls is "
+            "taken above the resident set at the reset (column 'resident before': imports, model, "
+            "canvases).",
             f"- Accuracy: {accuracy_note}",
-            "- The CNNs were not trained (random weights): training one on 1500x1500 canvases on 2 CPU cores was "
-            "out of reach here, and its cost per image does not depend on its weights. (b) keeps the reference "
-            "feature network's layers with a stride-2 stem so that digits stay legible (14 px); (b') strides every "
-            "layer but the last, the cheapest plain CNN of that depth one could try, likely at a loss of accuracy.",
+            "- The CNNs were not trained (random weights): training one on 1500x1500 canvases on 2 CPU "
+            "cores was out of reach here, and its cost per image does not depend on its weights. (b) keeps "
+            "the reference feature network's layers with a stride-2 stem so that digits stay legible (14 "
+            "px); (b') strides every layer but the last, the cheapest plain CNN of that depth one could "
+            "try, likely at a loss of accuracy.",
             "",
         ]
     )

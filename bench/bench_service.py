@@ -19,18 +19,26 @@ import io
 import multiprocessing
 import os
 import pathlib
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
+from common import ROOT, ServerProcess
 from machine import describe
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = "megapixel-digits"
+# 8 predictions at once, room for every client of the throughput runs
+SERVER_FLAGS = (
+    "--max-concurrent-predicts",
+    "8",
+    "--workers",
+    "16",
+    "--queue-timeout",
+    "60",
+    "--drain-delay",
+    "0",
+)
 STAGES = ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head")
 
 
@@ -85,62 +93,6 @@ def load_pipeline(repository: pathlib.Path, name: str):
     return lambda png, seed: runner.run(
         servable, EncodedImage(png), runner.PredictOptions(seed=seed), sources
     )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(repository: pathlib.Path, log_path: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service.server.main",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(free_port()),
-        "--model-repository",
-        str(repository),
-        "--max-concurrent-predicts",
-        "8",
-        "--workers",
-        "16",
-        "--queue-timeout",
-        "60",
-        "--drain-delay",
-        "0",
-    ]
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    target = f"127.0.0.1:{port}"
-    from ats_client import AtsClient, AtsError
-
-    with AtsClient(target, retries=0, timeout=2) as client:
-        for _ in range(1200):
-            try:
-                if client.health() == "SERVING":
-                    return process, target
-            except AtsError:
-                pass
-            if process.poll() is not None:
-                break
-            time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"server did not start; see {log_path}")
 
 
 def paired(
@@ -234,11 +186,13 @@ def report(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, (png, local, remote, stages) in measured.items():
-        overhead = statistics.median(r - l for r, l in zip(remote, local))
+        overhead = statistics.median(r - loc for r, loc in zip(remote, local, strict=True))
         lines.append(
-            f"| {label} | {len(png) / 1e6:.2f} MB | {ms(statistics.median(local))} / {ms(percentile(local, 99))} "
-            f"| {ms(statistics.median(stages['total']))} | {ms(statistics.median(remote))} / "
-            f"{ms(percentile(remote, 99))} | {ms(overhead)} ms | **{100 * overhead / statistics.median(remote):.1f}%** |"
+            f"| {label} | {len(png) / 1e6:.2f} MB "
+            f"| {ms(statistics.median(local))} / {ms(percentile(local, 99))} "
+            f"| {ms(statistics.median(stages['total']))} "
+            f"| {ms(statistics.median(remote))} / {ms(percentile(remote, 99))} "
+            f"| {ms(overhead)} ms | **{100 * overhead / statistics.median(remote):.1f}%** |"
         )
     lines += [
         "",
@@ -298,15 +252,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         repository, name, model = model_repository(pathlib.Path(workdir))
         pipeline = load_pipeline(repository, name)
-        server, target = start_server(repository, pathlib.Path(workdir) / "server.log")
+        server = ServerProcess(repository, pathlib.Path(workdir) / "server.log", *SERVER_FLAGS)
         try:
+            server.wait_serving()
+            target = server.target
             measured = {
                 label: (png, *paired(pipeline, target, png, args.runs)) for label, png in images.items()
             }
             loads = {c: throughput(target, images["canvas"], c, args.duration) for c in (1, 4, 8)}
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            server.stop()
     text = report(args, model, measured, loads)
     pathlib.Path(args.output).write_text(text)
     print(text)

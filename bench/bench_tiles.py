@@ -30,16 +30,15 @@ import os
 import pathlib
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from common import ROOT, ServerProcess
+
 sys.path.insert(0, str(ROOT))
+
 BENCH_MODEL = "bench-fixed-view"
 SHIPPED = "megapixel-digits"
 COUNTERS = (
@@ -50,33 +49,17 @@ COUNTERS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Served:
-    """A server process with its client and metrics URL."""
+class Served(ServerProcess):
+    """A server process with tile references under ``data_root``, its client and counters."""
 
     def __init__(
         self, repository: pathlib.Path, data_root: pathlib.Path, log: pathlib.Path, *flags: str
     ) -> None:
         from ats_client import AtsClient
 
-        port, self.metrics_port = free_port(), free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "service.server.main",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(self.metrics_port),
-            "--model-repository",
-            str(repository),
+        super().__init__(
+            repository,
+            log,
             "--data-root",
             str(data_root),
             "--poll-interval",
@@ -86,29 +69,11 @@ class Served:
             "--max-message-bytes",
             str(64 << 20),
             *flags,
-        ]
-        self._log = open(log, "wb")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
-        self.client = AtsClient(f"127.0.0.1:{port}", retries=0, timeout=600)
-        models = sorted(d.name for d in repository.iterdir() if d.is_dir())
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log.read_text()}")
-            try:  # every model ready, not just the first one (overall SERVING)
-                if all(self.client.health(name) == "SERVING" for name in models):
-                    self.rest_mb = self.peak_rss_mb()  # TensorFlow, the model and its warm-up
-                    return
-            except Exception:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(log.read_text())
+        # every model ready, not just the first one (overall SERVING)
+        self.wait_serving(sorted(d.name for d in repository.iterdir() if d.is_dir()))
+        self.rest_mb = self.peak_rss_mb()  # TensorFlow, the model and its warm-up
+        self.client = AtsClient(self.target, retries=0, timeout=600)
 
     def peak_rss_mb(self) -> float:
         for line in pathlib.Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -117,11 +82,7 @@ class Served:
         return float("nan")
 
     def counters(self) -> dict[str, float]:
-        text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30)
-            .read()
-            .decode()
-        )
+        text = urllib.request.urlopen(self.metrics_url, timeout=30).read().decode()
         return {
             line.split()[0]: float(line.split()[1])
             for line in text.splitlines()
@@ -130,9 +91,7 @@ class Served:
 
     def close(self) -> None:
         self.client.close()
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
-        self._log.close()
+        self.stop()
 
 
 # -- inputs --------------------------------------------------------------------
@@ -267,22 +226,23 @@ def report(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
         f"{versions()}.",
         "",
-        "Megapixel-digits canvases (5 digits + 50 strokes, mostly black) written tile by tile by the generator as "
-        "pyramidal BigTIFF, JPEG tiles of 256 px, levels halving down to one tile. Requests from a client process "
-        f"to a real server process on loopback; model `{BENCH_MODEL}`: random weights, Megapixel-digits patch "
-        "geometry (10 patches of 50x50, no replacement), fixed 512x512 low-resolution view. "
-        f"Latency p50 over {args.requests} requests (seeds 1..{args.requests}) after a first, cold request "
-        "(seed 0) that opens the file. Bytes read are the server's `ats_tile_bytes_read_total` increments: "
-        "cold = the first request (file structure parsed by tifffile, the low-resolution level, the patches' "
-        "tiles); warm = mean of the later ones (new patches; the level's tiles are cached). Peak memory: the "
-        "server's VmHWM (peak resident set, TensorFlow included), one fresh server per canvas; in brackets its "
-        "growth over the same server at rest (SERVING, after TensorFlow, the model and its warm-up).",
+        "Megapixel-digits canvases (5 digits + 50 strokes, mostly black) written tile by tile by the "
+        "generator as pyramidal BigTIFF, JPEG tiles of 256 px, levels halving down to one tile. Requests "
+        f"from a client process to a real server process on loopback; model `{BENCH_MODEL}`: random "
+        "weights, Megapixel-digits patch geometry (10 patches of 50x50, no replacement), fixed 512x512 "
+        f"low-resolution view. Latency p50 over {args.requests} requests (seeds 1..{args.requests}) after a "
+        "first, cold request (seed 0) that opens the file. Bytes read are the server's "
+        "`ats_tile_bytes_read_total` increments: cold = the first request (file structure parsed by "
+        "tifffile, the low-resolution level, the patches' tiles); warm = mean of the later ones (new "
+        "patches; the level's tiles are cached). Peak memory: the server's VmHWM (peak resident set, "
+        "TensorFlow included), one fresh server per canvas; in brackets its growth over the same server at "
+        "rest (SERVING, after TensorFlow, the model and its warm-up).",
         "",
-        "| canvas | file | write | by reference: cold | p50 | bytes read cold | warm | tiles cold | peak memory "
-        "| as pixels: p50 (decode) | peak memory | speed-up |",
+        "| canvas | file | write | by reference: cold | p50 | bytes read cold | warm | tiles cold | peak "
+        "memory | as pixels: p50 (decode) | peak memory | speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for size, (path, write_s, _) in written.items():
+    for size, (_, write_s, _) in written.items():
         t = tiles[size]
         row = (
             f"| {size}x{size} | {t['file_mb']:.1f} MB | {write_s:.0f} s | {t['cold_s'] * 1e3:.0f} ms "

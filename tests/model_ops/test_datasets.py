@@ -72,7 +72,7 @@ def test_train_and_test_digits_are_disjoint_instances():
     assert not train_keys & test_keys
     for index in range(10):
         layout = make_layout(SPEC, "test", 0, index)
-        used = {s.tobytes() for s, c in zip(layout.sprites, layout.classes) if c != NOISE}
+        used = {s.tobytes() for s, c in zip(layout.sprites, layout.classes, strict=True) if c != NOISE}
         assert used <= test_keys
 
 
@@ -80,10 +80,10 @@ def test_canvas_pixels_are_the_sprites():
     layout = make_layout(SPEC, "train", 1, 0)
     canvas = render_canvas(layout)
     assert canvas.shape == (1500, 1500, 1) and canvas.dtype == np.uint8
-    for y, x, sprite in zip(layout.ys, layout.xs, layout.sprites):
+    for y, x, sprite in zip(layout.ys, layout.xs, layout.sprites, strict=True):
         assert np.array_equal(canvas[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE, 0], sprite)
     mask = np.zeros((1500, 1500), bool)
-    for y, x in zip(layout.ys, layout.xs):
+    for y, x in zip(layout.ys, layout.xs, strict=True):
         mask[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE] = True
     assert not canvas[~mask].any()
 

@@ -57,7 +57,7 @@ def test_tiff_pyramid_levels(layout, tmp_path):
         levels = tif.series[0].levels
         assert [lv.shape for lv in levels] == [level_shape(1000, 1300, f) for f in factors]
         assert np.array_equal(levels[0].asarray(), render_canvas(layout)[..., 0])
-        for level, factor in zip(levels[1:], factors[1:]):
+        for level, factor in zip(levels[1:], factors[1:], strict=True):
             expected = render_region(layout, 0, 0, *level_shape(1000, 1300, factor), factor=factor)
             assert np.array_equal(level.asarray(), expected)
 
@@ -77,7 +77,7 @@ def test_huge_tiff_is_written_tile_by_tile(tmp_path):
         page = tif.pages[0]
         assert page.shape == (24000, 24000)
         tiles_across = -(-24000 // 512)
-        for y, x in zip(big.ys[:5], big.xs[:5]):  # the tiles holding the digits
+        for y, x in zip(big.ys[:5], big.xs[:5], strict=True):  # the tiles holding the digits
             top, left = int(y) // 512 * 512, int(x) // 512 * 512
             index = (top // 512) * tiles_across + left // 512
             tif.filehandle.seek(page.dataoffsets[index])

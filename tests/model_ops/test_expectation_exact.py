@@ -70,7 +70,7 @@ def problem(k, seed, shape=(3,), offset=0.0, peaky=False):
 def max_errors(estimator, logits, f, g, n, replace):
     got = expectations(estimator, logits, f, g, n, replace)
     want = truth(logits, f, g)
-    return [float(np.max(np.abs(x - y))) for x, y in zip(got, want)]
+    return [float(np.max(np.abs(x - y))) for x, y in zip(got, want, strict=True)]
 
 
 @pytest.mark.parametrize("replace", [True, False])

@@ -30,7 +30,6 @@ from model_ops.patch_ops import extract_patches
 from tests.support import REPO_ROOT
 
 
-
 @pytest.fixture(scope="module")
 def version_dir(tmp_path_factory):
     return export_tiny_model(tmp_path_factory.mktemp("repo") / "tiny" / "1", n_patches=5)
@@ -117,7 +116,7 @@ def test_staged_path_equals_predict_image(model, mode):
 
 
 def test_predict_image_outputs(model):
-    loaded, meta = model
+    loaded, _ = model
     out = _predict(loaded, _image(2), n_patches=6)
     assert out["probabilities"].shape == (10,) and abs(out["probabilities"].sum() - 1) < 1e-5
     assert out["attention"].shape == (25, 20) and abs(out["attention"].sum() - 1) < 1e-5
@@ -231,7 +230,7 @@ def test_op_library_patch_release_is_accepted(version_dir, tmp_path):
 
 
 def test_bad_metadata(version_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="ats_model.json"):
+    with pytest.raises(FileNotFoundError, match=re.escape("ats_model.json")):
         load_metadata(tmp_path)
     with pytest.raises(ValueError, match="format"):
         load_metadata(_copy_with(version_dir, tmp_path, format=99))

@@ -1,4 +1,5 @@
-"""The shipped versions of ``models/megapixel-digits``: each loads under the installed versions and classifies."""
+"""The shipped versions of ``models/megapixel-digits``: each loads under the
+installed versions and classifies."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_bad_attributes_raise_invalid_argument(kwargs, message):
     [(np.float32, tf.float64), (np.float16, tf.float32), (np.uint8, tf.uint16), (np.int32, None)],
 )
 def test_unsupported_dtypes_raise_type_error(images_dtype, output_dtype):
-    with pytest.raises(TypeError, match="extract_patches supports|output_dtype must be"):
+    with pytest.raises(TypeError, match=r"extract_patches supports|output_dtype must be"):
         extract_patches(IMG.astype(images_dtype), OFF, 2, output_dtype=output_dtype)
 
 

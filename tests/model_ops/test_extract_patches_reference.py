@@ -36,7 +36,7 @@ def random_case(rng, n_dims, dtype):
 def _windows(image_shape, offset, size):
     """Source and destination slices of one patch, or None when it misses the image."""
     src, dst = [], []
-    for d, (o, p) in enumerate(zip(offset, size)):
+    for d, (o, p) in enumerate(zip(offset, size, strict=True)):
         lo, hi = max(0, int(o)), min(image_shape[d], int(o) + p)
         if lo >= hi:
             return None

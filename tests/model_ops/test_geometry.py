@@ -111,7 +111,7 @@ def test_view_is_the_area_average_rounded_to_uint8(shape, size):
 def test_view_of_a_batch_equals_the_views_of_its_images():
     images = np.random.default_rng(2).integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)
     batch = low_resolution_view(images, (12, 9)).numpy()
-    for image, view in zip(images, batch):
+    for image, view in zip(images, batch, strict=True):
         np.testing.assert_array_equal(low_resolution_view(image, (12, 9)), view)
 
 

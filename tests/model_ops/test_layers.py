@@ -178,7 +178,7 @@ def test_model_round_trips_through_keras_saving(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
-    for got, want in zip(loaded(x), model(x)):
+    for got, want in zip(loaded(x), model(x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 

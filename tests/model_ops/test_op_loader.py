@@ -24,7 +24,8 @@ messages = {}
 for case, key, value in [("tensorflow", "tensorflow_version", "2.0.0"),
                          ("op", "op_library_version", "0.0.1"), ("missing", None, None),
                          # last: the only case that loads (a library loads once per process)
-                         ("patch", "tensorflow_version", ".".join(original["tensorflow_version"].split(".")[:2]) + ".99")]:
+                         ("patch", "tensorflow_version",
+                          ".".join(original["tensorflow_version"].split(".")[:2]) + ".99")]:
     info = dict(original)
     if key:
         info[key] = value

@@ -45,7 +45,7 @@ def test_attention_targets_cover_the_digits():
     assert targets.shape == (8, 180, 180)
     np.testing.assert_allclose(targets.sum(axis=(1, 2)), 1.0, rtol=1e-6)
     cell = 1500 / 180
-    for layout, target in zip(layouts, targets):
+    for layout, target in zip(layouts, targets, strict=True):
         rows, cols = np.nonzero(target)
         assert len(rows) <= 5 * 9
         centres = np.stack([(rows + 0.5) * cell, (cols + 0.5) * cell], axis=1)
@@ -60,7 +60,7 @@ def test_low_views_are_the_lowres_function():
     layouts = [make_layout(SPEC, "test", 0, i) for i in range(3)]
     views = curriculum.low_views(layouts, SPEC.low_shape, chunk=2)
     assert views.shape == (3, 180, 180, 1) and views.dtype == np.uint8
-    for layout, view in zip(layouts, views):
+    for layout, view in zip(layouts, views, strict=True):
         np.testing.assert_array_equal(
             view, np.asarray(low_resolution_view(render_canvas(layout), (180, 180)))
         )

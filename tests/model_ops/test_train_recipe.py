@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -20,7 +21,7 @@ def test_cosine_decay_goes_from_base_to_floor():
     rates = [schedule(epoch) for epoch in range(5)]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
     assert rates[2] == pytest.approx(0.55e-3)
-    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in itertools.pairwise(rates))
 
 
 def test_resumed_epoch_draws_the_canvases_of_that_epoch():
@@ -64,5 +65,5 @@ def test_resume_may_change_unfinished_stages(tmp_path):
 @pytest.mark.parametrize("change", [{"feature_epochs": 1}, {"attention_lr": 1.0}, {"seed": 5}])
 def test_resume_refuses_to_change_finished_stages(tmp_path, change):
     run = _saved_run(tmp_path, dataclasses.replace(Recipe(), **change), ["features", "attention"])
-    with pytest.raises(SystemExit, match="features|attention"):
+    with pytest.raises(SystemExit, match=r"features|attention"):
         _recipe(_args(), run)

@@ -27,7 +27,7 @@ def synthetic(n: int, seed: int):
     x = rng.uniform(0, 0.1, (n, SIZE, SIZE, 1)).astype(np.float32)
     y = rng.integers(0, 2, n)
     spots = rng.integers(0, SIZE // MARK, (n, 2)) * MARK
-    for image, label, (r, c) in zip(x, y, spots):
+    for image, label, (r, c) in zip(x, y, spots, strict=True):
         if label == 0:
             image[r : r + MARK, c + 1 : c + 3] = 1.0
         else:
@@ -68,7 +68,12 @@ def mass_near_marks(attention_model, x_low, x_high, cells) -> float:
     """Mean attention on the mark's cell and its 8 neighbours (9/64 if uniform)."""
     maps = attention_model.predict([x_low, x_high], verbose=0)
     return float(
-        np.mean([m[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].sum() for m, (r, c) in zip(maps, cells)])
+        np.mean(
+            [
+                m[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].sum()
+                for m, (r, c) in zip(maps, cells, strict=True)
+            ]
+        )
     )
 
 

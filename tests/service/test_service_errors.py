@@ -3,6 +3,7 @@ field, and leaves the server answering (checked after each test)."""
 
 from __future__ import annotations
 
+import pathlib
 import struct
 import zlib
 
@@ -95,9 +96,7 @@ def test_tensor_data_of_the_wrong_length(client):
 
 @pytest.mark.parametrize("n_patches", [65, -1])
 def test_n_patches_out_of_range(client, n_patches):
-    error = refused(
-        lambda: client.predict(random_image(64, 64), n_patches=n_patches), INVALID, "n_patches"
-    )
+    error = refused(lambda: client.predict(random_image(64, 64), n_patches=n_patches), INVALID, "n_patches")
     assert str(n_patches) in error.message
 
 
@@ -113,9 +112,7 @@ def test_unknown_model(client):
 
 
 def test_unknown_version(client):
-    error = refused(
-        lambda: client.predict(random_image(64, 64), version=7), NOT_FOUND, "model_version"
-    )
+    error = refused(lambda: client.predict(random_image(64, 64), version=7), NOT_FOUND, "model_version")
     assert "ready: [1]" in error.message
 
 
@@ -174,7 +171,7 @@ def test_second_header_in_a_stream(ats_server):
 
 
 def _resident_mb(pid: int) -> float:
-    status = open(f"/proc/{pid}/status").read()
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 

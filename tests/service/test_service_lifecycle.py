@@ -183,8 +183,7 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository):
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_for(
             lambda: (
-                metric(current(), "ats_requests_total", rpc="PredictStream", code="DEADLINE_EXCEEDED")
-                == 1
+                metric(current(), "ats_requests_total", rpc="PredictStream", code="DEADLINE_EXCEEDED") == 1
             ),
             timeout=10,
             what="deadline counted",
@@ -194,9 +193,7 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository):
         wait_for(lambda: metric(current(), "ats_requests_in_flight") == 1, what="upload started")
         cancelled.cancel()
         wait_for(
-            lambda: (
-                metric(current(), "ats_requests_total", rpc="PredictStream", code="CANCELLED") == 1
-            ),
+            lambda: metric(current(), "ats_requests_total", rpc="PredictStream", code="CANCELLED") == 1,
             timeout=10,
             what="cancellation counted",
         )

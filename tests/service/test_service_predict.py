@@ -124,14 +124,10 @@ def test_large_image_streams_by_itself(ats_server, client, meta, as_tensor):
     pixels = np.random.default_rng(7).integers(0, 256, size=(1500, 1500, 3), dtype=np.uint8)
     image = pixels if as_tensor else encode_image(pixels, compress_level=1)
     assert len(image if isinstance(image, bytes) else pixels.tobytes()) > 4 << 20
-    before = metric(
-        scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
-    )
+    before = metric(scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK")
     response = client.predict(image, seed=3)
     check_response(response, meta, 1500, 1500, meta.n_patches)
-    after = metric(
-        scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK"
-    )
+    after = metric(scrape(ats_server.metrics_url), "ats_requests_total", rpc="PredictStream", code="OK")
     assert after == before + 1
 
 
@@ -188,7 +184,7 @@ def test_concurrent_requests_get_their_own_answers(client):
     alone = [client.predict(pixels, seed=seed) for pixels, seed in requests]
     with futures.ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda r: client.predict(r[0], seed=r[1]), requests))
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert list(a.probabilities) == list(b.probabilities) and list(a.patches) == list(b.patches)
 
 

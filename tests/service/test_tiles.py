@@ -148,7 +148,7 @@ def rgb_pyramid(path: pathlib.Path, ome: bool, compression: str) -> np.ndarray:
     image = np.kron(rng.integers(0, 256, (75, 100, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
     levels = [image, image[::2, ::2], image[::4, ::4]]
     with tifffile.TiffWriter(path, bigtiff=not ome, ome=ome) as tif:
-        options = dict(tile=(128, 128), compression=compression, photometric="rgb")
+        options = {"tile": (128, 128), "compression": compression, "photometric": "rgb"}
         tif.write(levels[0], subifds=2, **options)
         for level in levels[1:]:
             tif.write(level, subfiletype=1, **options)

@@ -67,7 +67,7 @@ def test_metadata_lists_tile_sources(served) -> None:
 
 @pytest.mark.parametrize("path", ["canvas.tif", "canvas.png"])
 def test_tile_reference_predicts_as_the_uploaded_pixels(served, path: str) -> None:
-    client, root, _, canvas = served
+    client, _, _, canvas = served
     channels = client.metadata().channels
     pixels = np.repeat(canvas, channels, axis=-1)
     for seed in (1, 2):

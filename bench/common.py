@@ -1,0 +1,92 @@
+"""What the service benchmarks share: free loopback ports and an ``ats-serve``
+subprocess on them (bench_service.py, bench_tiles.py)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``ats-serve`` serving ``repository`` in a subprocess on loopback, logging to a file."""
+
+    def __init__(self, repository: pathlib.Path, log_path: pathlib.Path, *flags: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.log_path = log_path
+        command = [
+            sys.executable,
+            "-m",
+            "service.server.main",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--model-repository",
+            str(repository),
+            *flags,
+        ]
+        # the server writes to it until stop() or kill() closes it
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_serving(self, models: Sequence[str] = ("",), timeout: float = 300.0) -> None:
+        """Block until the health of every one of ``models`` is SERVING ("" =
+        the whole server: one model loaded and warm); killed if it never is."""
+        from ats_client import AtsClient, AtsError
+
+        deadline = time.monotonic() + timeout
+        with AtsClient(self.target, retries=0, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    if all(client.health(model) == "SERVING" for model in models):
+                        return
+                except AtsError:
+                    pass  # not listening yet, or a model not loaded yet
+                time.sleep(0.25)
+        self.kill()
+        raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (the server drains), then wait for it to exit."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
