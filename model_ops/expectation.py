@@ -28,7 +28,7 @@ with ``pm_k = 1 - Σ_{j<k} p_j`` the mass still available at draw ``k``:
     the earlier draws average out, and ``F_{k-1}`` (a function of the prefix
     only) is a valid baseline for draw ``k``. (The original library's
     hand-written gradient is biased, by a factor of 2-3 on small maps.)
-    ``tests/test_expectation_exact.py`` proves both estimators by enumerating
+    ``tests/model_ops/test_expectation_exact.py`` proves both estimators by enumerating
     every ordered sample.
 """
 

@@ -171,3 +171,14 @@ def test_disruption_budget_selects_the_pods():
         pdb["selector"]["matchLabels"], one("Deployment")["spec"]["template"]["metadata"]["labels"]
     )
     assert pdb["minAvailable"] < one("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+
+
+def test_deployed_image_tags_are_the_released_version():
+    """The image named by compose and Kubernetes is the version the packages carry."""
+    import re
+
+    pyproject = (REPO_ROOT / "service" / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)[1]
+    for path in ("docker/k8s/deployment.yaml", "docker/compose.yaml"):
+        tags = re.findall(r"attention-sampling-serving:([\w.-]+)", (REPO_ROOT / path).read_text())
+        assert tags and set(tags) == {version}, (path, tags, version)
