@@ -157,8 +157,8 @@ class DataPlane:
     def model_versions(self, endpoint: str, name: str) -> tuple[str, list[VersionEntry]]:
         """A model's name (the default for an empty one) and all its versions."""
         with self._accounted(endpoint) as labels:
-            labels.model = name
-            labels.model = name = self.models.model_name(name)
+            labels.model = name  # counted under the name asked for if the default rule refuses it
+            name = labels.model = self.models.model_name(name)
             return name, self.models.versions(name)
 
     def all_models(self, endpoint: str) -> tuple[dict[str, list[VersionEntry]], str]:
