@@ -7,6 +7,7 @@ small file claiming a huge canvas (a decompression bomb) costs nothing.
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -47,6 +48,12 @@ def _check_bytes(size: int, max_bytes: int, field: str) -> None:
         raise TooLarge(f"{size} bytes exceed the server limit of {max_bytes} bytes", field=field)
 
 
+# What Pillow raises for a damaged file, besides "unknown format": truncations
+# (OSError, EOFError), malformed structures (SyntaxError, struct.error) and
+# its own safety limits such as oversized text chunks (ValueError).
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+
 def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
     """Decode an encoded image to (H, W, channels) uint8, converting its colour mode."""
     _check_bytes(len(data), max_bytes, "image")
@@ -60,13 +67,15 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
         raise InvalidInput(
             f"not a recognised image; accepted formats: {', '.join(FORMATS)}", field="image"
         ) from None
+    except _CORRUPT as err:  # a header Pillow recognised, then could not parse
+        raise InvalidInput(f"corrupt or truncated image header: {err}", field="image") from None
     with image:
         width, height = image.size
         _check_pixels(height, width, max_pixels, "image")
         try:
             image.load()
             converted = image if image.mode == _MODES[channels] else image.convert(_MODES[channels])
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
+        except _CORRUPT as err:
             raise InvalidInput(f"corrupt or truncated {image.format} image: {err}", field="image") from None
     return np.asarray(converted).reshape(height, width, channels)
 

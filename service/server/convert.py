@@ -42,6 +42,10 @@ def _set_packed_floats(message: Message, field: str, values: np.ndarray) -> None
 
 
 def _tensor_payload(tensor: pb.Tensor, data: bytes) -> RawTensor:
+    if tensor.dtype not in pb.DataType.values():  # proto3 enums keep unknown numbers
+        raise InvalidInput(
+            f"tensor dtype {tensor.dtype} is not a DataType value; use UINT8", field="tensor.dtype"
+        )
     return RawTensor(shape=tuple(tensor.shape), dtype=pb.DataType.Name(tensor.dtype).lower(), data=data)
 
 

@@ -56,6 +56,34 @@ def test_corrupt_image(client):
     assert "corrupt or truncated PNG" in error.message
 
 
+def _damaged_headers() -> dict[str, bytes]:
+    """Files whose header Pillow recognises and then fails to parse (each came
+    back INTERNAL before): cut short, zero-filled, or over Pillow's text limit."""
+    png, jpeg = encode_image(random_image(64, 64)), encode_image(random_image(64, 64), "JPEG")
+    webp = encode_image(random_image(64, 64), "WEBP")
+    ztxt = png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * (2 << 20)))  # inflates past MAX_TEXT_CHUNK
+    return {
+        "png cut after 16 bytes": png[:16],
+        "jpeg cut after 8 bytes": jpeg[:8],
+        "webp header then zeros": webp[:16] + bytes(100),
+        "png with a 2 MB zTXt chunk": png[:33] + ztxt + png[33:],
+    }
+
+
+@pytest.mark.parametrize("name", list(_damaged_headers()))
+def test_damaged_header_is_invalid_not_internal(client, name):
+    error = refused(lambda: client.predict(_damaged_headers()[name]), INVALID, "image")
+    assert "corrupt or truncated" in error.message
+
+
+def test_unknown_enum_values_are_invalid_not_internal(client):
+    """proto3 enums are open: a number the server does not know is the client's error."""
+    tensor = pb.Tensor(shape=[64, 64, 3], dtype=99, data=bytes(64 * 64 * 3))
+    refused(lambda: client.send(pb.PredictRequest(tensor=tensor)), INVALID, "tensor.dtype")
+    png = encode_image(random_image(64, 64))
+    refused(lambda: client.send(pb.PredictRequest(image=png, mode=7)), INVALID, "mode")
+
+
 def test_truncated_image(client):
     png = encode_image(random_image(128, 128))
     refused(lambda: client.predict(png[: len(png) // 2]), INVALID, "image")
