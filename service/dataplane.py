@@ -113,7 +113,11 @@ class DataPlane:
     def _accounted(self, endpoint: str, call: Call | None = None, settle: float = 0.0) -> Iterator[_Labels]:
         """Count the request once, under the model and version the body resolved,
         with its final code; an error while the caller is already gone becomes
-        that caller's Cancelled or DeadlineExceeded."""
+        that caller's Cancelled or DeadlineExceeded.
+
+        Labels name only models of the repository: a request for a name it
+        does not hold counts under model "" (client text never becomes a
+        series, so probing names cannot grow the metrics without bound)."""
         labels = _Labels()
         code = Code.OK
         try:
@@ -142,7 +146,6 @@ class DataPlane:
         try:
             with self._accounted(endpoint, call, settle) as labels:
                 request = read()
-                labels.model, labels.version = request.model_name, str(request.model_version or "")
                 model = self.models.resolve(request.model_name, request.model_version)
                 labels.model, labels.version = model.name, str(model.version)
                 with self._admission.slot(call.time_remaining()):
@@ -157,9 +160,10 @@ class DataPlane:
     def model_versions(self, endpoint: str, name: str) -> tuple[str, list[VersionEntry]]:
         """A model's name (the default for an empty one) and all its versions."""
         with self._accounted(endpoint) as labels:
-            labels.model = name  # counted under the name asked for if the default rule refuses it
-            name = labels.model = self.models.model_name(name)
-            return name, self.models.versions(name)
+            name = self.models.model_name(name)
+            versions = self.models.versions(name)
+            labels.model = name
+            return name, versions
 
     def all_models(self, endpoint: str) -> tuple[dict[str, list[VersionEntry]], str]:
         """Every model's versions, and the default model ("" when none)."""

@@ -143,7 +143,21 @@ def test_metadata_uses_the_registry_default_rule(plane):
     assert name == "tiny" and [v.version for v in versions] == [1]
     with pytest.raises(errors.NotFound):
         plane.model_versions("GetModelMetadata", "other")
-    assert requests_counted(plane, model="other", rpc="GetModelMetadata", code="NOT_FOUND") == 1
+    assert requests_counted(plane, model="", rpc="GetModelMetadata", code="NOT_FOUND") == 1
+
+
+def test_unknown_model_names_share_one_label(plane):
+    """Client text never becomes a label value: a thousand probes, one series."""
+    for i in range(1000):
+        with pytest.raises(errors.NotFound):
+            plane.predict("Predict", lambda i=i: pixels_call(f"probe-{i}"), FakeCall())
+    models = {
+        sample.labels["model"]
+        for family in plane.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "ats_requests_total"
+    }
+    assert models == {"", "tiny"}
 
 
 def _error_classes() -> list[type[errors.ServiceError]]:
