@@ -261,7 +261,7 @@ def main() -> None:
             }
             loads = {c: throughput(target, images["canvas"], c, args.duration) for c in (1, 4, 8)}
         finally:
-            server.stop()
+            server.terminate()
     text = report(args, model, measured, loads)
     pathlib.Path(args.output).write_text(text)
     print(text)

@@ -91,7 +91,7 @@ class Served(ServerProcess):
 
     def close(self) -> None:
         self.client.close()
-        self.stop()
+        self.terminate()
 
 
 # -- inputs --------------------------------------------------------------------

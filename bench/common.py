@@ -1,5 +1,6 @@
-"""What the service benchmarks share: free loopback ports and an ``ats-serve``
-subprocess on them (bench_service.py, bench_tiles.py)."""
+"""Free loopback ports and an ``ats-serve`` subprocess on them: the one
+launcher of the benchmarks (bench_service.py, bench_tiles.py) and of the
+tests (tests/support.py re-exports it; benchmarks never import tests)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ def free_port() -> int:
 class ServerProcess:
     """``ats-serve`` serving ``repository`` in a subprocess on loopback, logging to a file."""
 
-    def __init__(self, repository: pathlib.Path, log_path: pathlib.Path, *flags: str) -> None:
+    def __init__(
+        self,
+        repository: pathlib.Path | None,
+        log_path: pathlib.Path,
+        *flags: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``repository`` None: the server's default (the shipped models/)."""
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -40,18 +48,17 @@ class ServerProcess:
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
-            "--model-repository",
-            str(repository),
+            *(["--model-repository", str(repository)] if repository is not None else []),
             *flags,
         ]
-        # the server writes to it until stop() or kill() closes it
+        # the server writes to it until terminate() or kill() closes it
         self._log = open(log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
         )
 
     def log(self) -> str:
@@ -76,12 +83,12 @@ class ServerProcess:
         self.kill()
         raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM (the server drains), then wait for it to exit."""
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (the server drains), then its exit code."""
         try:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout)
+            return self.process.wait(timeout)
         finally:
             self._log.close()
 

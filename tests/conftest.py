@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support import TINY_MODEL, ServerProcess
+from bench.common import ServerProcess
+from tests.support import TINY_MODEL
 
 
 def export_tiny(version_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:

@@ -1,5 +1,6 @@
-"""What the test modules share: free loopback ports, test images, /metrics
-scrapes, an ``ats-serve`` subprocess and a real Prometheus on loopback.
+"""What the test modules share: free loopback ports and an ``ats-serve``
+subprocess (from bench/common.py, the benchmarks' launcher), test images,
+/metrics scrapes and a real Prometheus on loopback.
 
 Test modules import from here (``from tests.support import ...``); the
 fixtures built on these live in tests/conftest.py.
@@ -9,13 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -25,17 +22,12 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import free_port  # one copy, shared with the benchmarks
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY_MODEL = "tiny"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:
@@ -81,81 +73,7 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
-# -- processes ---------------------------------------------------------------------
-class ServerProcess:
-    """``ats-serve`` in a subprocess on loopback, logging to a file."""
-
-    def __init__(
-        self,
-        repository: pathlib.Path | None,
-        log_path: pathlib.Path,
-        *flags: str,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        """``repository`` None: the server's default (the shipped models/)."""
-        self.port, self.metrics_port = free_port(), free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.log_path = log_path
-        command = [
-            sys.executable,
-            "-m",
-            "service.server.main",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            str(self.metrics_port),
-            *(["--model-repository", str(repository)] if repository is not None else []),
-            *flags,
-        ]
-        # the server writes to it until terminate() or kill() closes it
-        self._log = open(log_path, "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_serving(self, timeout: float = 180.0) -> None:
-        """Block until overall health is SERVING (a model is loaded and warm)."""
-        from ats_client import AtsClient, AtsError
-
-        deadline = time.monotonic() + timeout
-        with AtsClient(self.target, retries=0, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-                try:
-                    if client.health() == "SERVING":
-                        return
-                except AtsError:
-                    pass
-                time.sleep(0.2)
-        raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
+# -- Prometheus -------------------------------------------------------------------
 class Prometheus:
     """The Debian ``prometheus`` on loopback, scraping one target every second,
     and queried over its HTTP API.
