@@ -13,6 +13,23 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+# Longest piece of client text (a model name, a path) echoed in a message:
+# enough to recognise it, too little to turn an error into an amplifier.
+CLIP_CHARS = 120
+# Longest message a status carries, whatever built it.
+MAX_MESSAGE_CHARS = 1024
+
+
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """``text`` quoted for a message or log line, cut to ``limit`` characters.
+
+    Use it wherever client text goes into an error or a log: a 5 MB model
+    name must not come back as a 5 MB error (or break the response headers).
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 class Code(str, enum.Enum):
     """Canonical outcome of a request; equal to its name as a string."""
@@ -40,6 +57,8 @@ class ServiceError(Exception):
     code: ClassVar[Code] = Code.INTERNAL
 
     def __init__(self, message: str, field: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "... (message cut)"
         super().__init__(message)
         self.message = message
         self.field = field

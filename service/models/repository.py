@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from model_ops.export import METADATA_FILE
-from service.errors import InvalidInput, NotFound, Unavailable
+from service.errors import InvalidInput, NotFound, Unavailable, clip
 from service.models.servable import ServableModel, load_servable
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class ModelRegistry:
         name = self.model_name(name)
         versions = self.snapshot().get(name)
         if versions is None:
-            raise NotFound(f"model {name!r} is not in the repository", field="model_name")
+            raise NotFound(f"model {clip(name)} is not in the repository", field="model_name")
         return versions
 
     def resolve(self, name: str, version: int) -> ServableModel:
@@ -133,7 +133,7 @@ class ModelRegistry:
         with self._lock:
             versions = self._models.get(name)
             if versions is None:
-                raise NotFound(f"model {name!r} is not in the repository", field="model_name")
+                raise NotFound(f"model {clip(name)} is not in the repository", field="model_name")
             ready = {v: e.servable for v, e in versions.items() if e.state is State.READY and e.servable}
             if version == 0:
                 if not ready:

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 
-from service.errors import InvalidInput, NotFound, PermissionDenied, Unsupported
+from service.errors import InvalidInput, NotFound, PermissionDenied, Unsupported, clip
 
 FIELD = "tile.path"  # the request field every refusal of a reference points at
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -74,17 +74,17 @@ def open_confined(root: str, reference: str) -> ConfinedFile:
     try:
         error = _kind_error(os.stat(real).st_mode)
     except FileNotFoundError:
-        raise NotFound(f"no file {reference!r} under the data root", field=FIELD) from None
+        raise NotFound(f"no file {clip(reference)} under the data root", field=FIELD) from None
     except OSError as err:
-        raise PermissionDenied(f"cannot access {reference!r}: {err.strerror}", field=FIELD) from None
+        raise PermissionDenied(f"cannot access {clip(reference)}: {err.strerror}", field=FIELD) from None
     if error is not None:
         raise error
     try:  # O_NONBLOCK: a FIFO swapped in after the check must not block the open
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise NotFound(f"no file {reference!r} under the data root", field=FIELD) from None
+        raise NotFound(f"no file {clip(reference)} under the data root", field=FIELD) from None
     except OSError as err:
-        raise PermissionDenied(f"cannot open {reference!r}: {err.strerror}", field=FIELD) from None
+        raise PermissionDenied(f"cannot open {clip(reference)}: {err.strerror}", field=FIELD) from None
     info = os.fstat(fd)
     error = _kind_error(info.st_mode)
     if error is not None:
