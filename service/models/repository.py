@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import pathlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,25 +33,56 @@ class State(enum.Enum):
     FAILED = "FAILED"
 
 
+# (path relative to the version directory, size, mtime_ns) of every file, sorted
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+# A version is loaded once these are there (until then it is ignored, not FAILED).
+REQUIRED_FILES = ("saved_model.pb", METADATA_FILE)
+
+# An absolute path left in an error message once the repository root is cut
+# away: a '/' that does not continue a word, a path or a URL scheme, then the
+# characters up to a separator.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./:-])/[^\s'\"`,;:()\[\]{}<>]+")
+
+
 @dataclasses.dataclass
 class VersionEntry:
     version: int
     path: pathlib.Path
     state: State
-    fingerprint: tuple
-    message: str = ""
+    fingerprint: Fingerprint  # the files the latest load attempt saw
+    message: str = ""  # why it FAILED, with no absolute server path (callers see it)
     load_seconds: float = 0.0
     servable: ServableModel | None = None
 
 
-def _fingerprint(path: pathlib.Path) -> tuple | None:
-    """Identity of a complete version directory (None while incomplete), so a
-    failed load is retried only once its files change."""
-    try:
-        stats = [(path / name).stat() for name in ("saved_model.pb", METADATA_FILE)]
-    except FileNotFoundError:
-        return None
-    return tuple((s.st_mtime_ns, s.st_size) for s in stats)
+def fingerprint(path: pathlib.Path) -> Fingerprint:
+    """Every file under a version directory with its size and mtime: any file
+    arriving, growing or being rewritten changes it, so a version that failed
+    on half a copy (``cp -r`` writes ``variables/`` last) is retried once the
+    copy completes, and one that is simply broken is not retried every poll."""
+    files = []
+    for folder, _, names in os.walk(path):
+        for name in names:
+            file = os.path.join(folder, name)
+            try:
+                stat = os.stat(file)
+            except FileNotFoundError:
+                continue  # removed while walking: the next scan sees a different set anyway
+            files.append((os.path.relpath(file, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(files))
+
+
+def public_message(error: BaseException, root: pathlib.Path) -> str:
+    """``error`` as any caller may read it (GetModelMetadata, ListModels): paths
+    under the repository relative to its root, other absolute paths (the
+    Python install, TensorFlow's files) cut to their last part, so the server's
+    layout is not disclosed. The full text goes to the server log."""
+    text = f"{type(error).__name__}: {error}"
+    roots = {str(path) for path in (root.absolute(), root.resolve()) if path.parent != path}
+    for prefix in sorted(roots, key=len, reverse=True):  # the longer first: one may contain the other
+        text = text.replace(prefix + os.sep, "")
+    return _ABSOLUTE_PATH.sub(lambda match: ".../" + match.group().rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def scan_repository(root: pathlib.Path) -> dict[str, dict[int, pathlib.Path]]:
@@ -152,6 +185,7 @@ class ModelRegistry:
     def poll_once(self) -> None:
         """Load what appeared or changed, unload what disappeared."""
         found = scan_repository(self.root)
+        log.debug("scanned repository: %d model(s), %d version(s)", len(found), sum(map(len, found.values())))
         for name, versions in found.items():
             for version, path in sorted(versions.items()):
                 self._maybe_load(name, version, path)
@@ -189,14 +223,17 @@ class ModelRegistry:
             listener(name, entry.version, state)
 
     def _maybe_load(self, name: str, version: int, path: pathlib.Path) -> None:
-        fingerprint = _fingerprint(path)
         with self._lock:
             entry = self._models.get(name, {}).get(version)
-        if fingerprint is None or (entry is not None and entry.fingerprint == fingerprint):
-            return  # incomplete, or already loaded / already failed with these very files
-        if entry is not None and entry.state is State.READY:
+        if entry is not None and entry.state is not State.FAILED:
             return  # versions are immutable once served; replace by adding a new version
-        entry = VersionEntry(version=version, path=path, state=State.LOADING, fingerprint=fingerprint)
+        if not all((path / required).is_file() for required in REQUIRED_FILES):
+            return  # incomplete: wait for the copy
+        # taken before loading, so files that change while the load fails still trigger a retry
+        files = fingerprint(path)
+        if entry is not None and entry.fingerprint == files:
+            return  # already failed with these very files
+        entry = VersionEntry(version=version, path=path, state=State.LOADING, fingerprint=files)
         with self._lock:
             self._models.setdefault(name, {})[version] = entry
         self._set(name, entry, State.LOADING)
@@ -206,8 +243,15 @@ class ModelRegistry:
             servable = load_servable(name, version, path)
             self._warm_up(servable)
         except Exception as err:
-            entry.message = f"{type(err).__name__}: {err}"
-            log.error("model %s version %d failed to load: %s", name, version, entry.message)
+            entry.message = public_message(err, self.root)
+            log.error(
+                "model %s version %d failed to load (retried when its files change): %s: %s",
+                name,
+                version,
+                type(err).__name__,
+                err,
+                exc_info=True,
+            )
             self._set(name, entry, State.FAILED)
             return
         entry.load_seconds = time.perf_counter() - started
