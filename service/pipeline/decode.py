@@ -2,6 +2,25 @@
 
 Size limits are enforced from the header, before any pixel is decoded, so a
 small file claiming a huge canvas (a decompression bomb) costs nothing.
+
+Every failure of Pillow on the client's bytes is the client's error
+(``InvalidInput``, or ``TooLarge`` for the size limits); anything else that
+goes wrong is a bug and surfaces as such.
+
+Pixel values, whatever the file holds:
+
+* 8-bit images keep their values; colour modes (palette, CMYK, YCbCr, LAB,
+  HSV) are converted to RGB by Pillow, alpha is dropped (the colour under it
+  is kept), and a one-channel model gets ITU-R 601-2 luma (Pillow's ``L``).
+* 16-bit samples keep their high byte: ``v >> 8``, i.e. ``floor(v / 256)``.
+  Pillow already reads 16-bit colour and alpha PNGs and TIFFs that way, so
+  16-bit grey images (``I;16``, which Pillow would clip to 255) follow the
+  same rule, and a grey and a colour version of one picture decode alike.
+  The rule is exact, monotone, cuts 0..65535 into 256 equal bins and maps
+  ``257 * k`` (an 8-bit value widened to 16 bits) back to ``k``.
+* 32-bit integer (``I``, also signed 16-bit TIFFs) and floating-point (``F``)
+  images are refused, naming the mode: no scale fits every such file.
+* Multi-frame files (TIFF pages, animated PNG and WebP): the first frame.
 """
 
 from __future__ import annotations
@@ -12,12 +31,30 @@ import struct
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidInput, TooLarge
+from service.errors import InvalidInput, TooLarge, clip
 from service.pipeline.payload import RawTensor
 
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
 TENSOR_DTYPES = ("uint8",)
 _MODES = {1: "L", 3: "RGB"}
+# Pillow's 16-bit grey modes (byte orders): scaled to L by their high byte.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# Modes with no 8-bit scale that fits every file: refused.
+_REFUSED = {"I": "32-bit or signed integer", "F": "floating-point"}
+# Modes Pillow converts to L or RGB only through another mode.
+_THROUGH = {"P": "RGBA", "PA": "RGBA", "La": "LA", "LAB": "RGB"}
+# Every mode the 8-bit path accepts (the rest of Pillow's modes).
+_EIGHT_BIT = (
+    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV",
+)  # fmt: skip
+
+# What Pillow raises for bytes it cannot parse or decode: truncations and
+# decoder errors (OSError, EOFError), malformed structures (SyntaxError,
+# struct.error), its own safety limits such as oversized text chunks
+# (ValueError), and, found by tests/fuzz, TIFF tags of the wrong type
+# (TypeError: a float or a rational where a strip offset goes) or out of
+# C's range (OverflowError: offsets, palette entries).
+_CORRUPT = (OSError, EOFError, SyntaxError, struct.error, ValueError, TypeError, OverflowError)
 
 
 def disable_pillow_pixel_guard() -> None:
@@ -48,10 +85,30 @@ def _check_bytes(size: int, max_bytes: int, field: str) -> None:
         raise TooLarge(f"{size} bytes exceed the server limit of {max_bytes} bytes", field=field)
 
 
-# What Pillow raises for a damaged file, besides "unknown format": truncations
-# (OSError, EOFError), malformed structures (SyntaxError, struct.error) and
-# its own safety limits such as oversized text chunks (ValueError).
-_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+def eight_bit(image: Image.Image, channels: int) -> Image.Image:
+    """``image`` as 8-bit L (1 channel) or RGB (3), by the rules of the module
+    docstring; refused modes raise ``InvalidInput``, Pillow's errors on the
+    pixels propagate. Every reader of client images converts through here."""
+    check_mode(image.mode)
+    target = _MODES[channels]
+    if image.mode in _SIXTEEN_BIT:
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8)).convert(target)
+    step = _THROUGH.get(image.mode)
+    if step is not None and step != target:
+        image = image.convert(step)
+    return image if image.mode == target else image.convert(target)
+
+
+def check_mode(mode: str) -> None:
+    """Refuse, from the header, a Pillow mode with no 8-bit rule."""
+    if mode in _REFUSED:
+        raise InvalidInput(
+            f"images of mode {mode} ({_REFUSED[mode]} samples) are not accepted: "
+            "send 8-bit or unsigned 16-bit samples",
+            field="image",
+        )
+    if mode not in _EIGHT_BIT and mode not in _SIXTEEN_BIT:
+        raise InvalidInput(f"images of mode {clip(mode)} are not accepted", field="image")
 
 
 def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
@@ -68,16 +125,22 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
             f"not a recognised image; accepted formats: {', '.join(FORMATS)}", field="image"
         ) from None
     except _CORRUPT as err:  # a header Pillow recognised, then could not parse
-        raise InvalidInput(f"corrupt or truncated image header: {err}", field="image") from None
+        raise InvalidInput(f"corrupt or truncated image header: {clip(str(err))}", field="image") from None
     with image:
         width, height = image.size
+        if width <= 0 or height <= 0:
+            raise InvalidInput(f"{image.format} image of {width}x{height} pixels has none", field="image")
         _check_pixels(height, width, max_pixels, "image")
+        check_mode(image.mode)
         try:
             image.load()
-            converted = image if image.mode == _MODES[channels] else image.convert(_MODES[channels])
+            converted = eight_bit(image, channels)
         except _CORRUPT as err:
-            raise InvalidInput(f"corrupt or truncated {image.format} image: {err}", field="image") from None
-    return np.asarray(converted).reshape(height, width, channels)
+            raise InvalidInput(
+                f"corrupt or truncated {image.format} image: {clip(str(err))}", field="image"
+            ) from None
+    pixels = np.asarray(converted)
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
 
 
 def tensor_pixels(tensor: RawTensor, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
