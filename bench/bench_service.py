@@ -32,8 +32,6 @@ SHIPPED = "megapixel-digits"
 SERVER_FLAGS = (
     "--max-concurrent-predicts",
     "8",
-    "--workers",
-    "16",
     "--queue-timeout",
     "60",
     "--drain-delay",

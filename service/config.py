@@ -42,12 +42,28 @@ class Config:
     host: str = _setting("0.0.0.0", "address the gRPC and metrics servers bind")
     port: int = _setting(8500, "gRPC port")
     metrics_port: int = _setting(8502, "Prometheus /metrics HTTP port (0 disables)")
-    workers: int = _setting(8, "gRPC worker threads")
     max_concurrent_predicts: int = _setting(
         4, "predictions running at once; more wait up to --queue-timeout, then get RESOURCE_EXHAUSTED"
     )
     queue_timeout: float = _setting(2.0, "seconds a prediction waits for a free slot")
-    max_concurrent_rpcs: int = _setting(64, "RPCs accepted at once (any method) before RESOURCE_EXHAUSTED")
+    max_concurrent_rpcs: int = _setting(
+        1024, "RPCs accepted at once (any method) before RESOURCE_EXHAUSTED; an idle one costs no thread"
+    )
+    max_streams_per_connection: int = _setting(
+        32, "concurrent calls one client connection may have open (HTTP/2 max concurrent streams)"
+    )
+    memory_budget_bytes: int = _setting(
+        3 << 30,
+        "decoded-pixel memory all predictions may reserve at once (estimated from image headers "
+        "before decoding); a request that does not fit waits up to --queue-timeout",
+    )
+    max_uploads: int = _setting(16, "streamed uploads received at once; more wait up to --queue-timeout")
+    upload_budget_bytes: int = _setting(
+        1 << 30, "bytes all uploads and unary image payloads in flight may hold at once"
+    )
+    upload_header_timeout: float = _setting(10.0, "seconds a stream may take to send its header")
+    upload_idle_timeout: float = _setting(10.0, "seconds a stream may pause between two chunks")
+    upload_total_timeout: float = _setting(300.0, "seconds a whole streamed upload may take")
     max_message_bytes: int = _setting(64 * MiB, "largest gRPC message received or sent")
     max_image_bytes: int = _setting(
         512 * MiB, "largest encoded image or raw tensor, streamed uploads included"

@@ -9,15 +9,17 @@ counted in the metrics.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 from service.admission import Admission
-from service.errors import Cancelled, Code, DeadlineExceeded, ServiceError
+from service.budget import DEADLINE_SLACK, MemoryBudget, RequestBudget, bound
+from service.errors import Code, DeadlineExceeded, ServiceError
 from service.metrics import Metrics
 from service.models.repository import ModelRegistry, VersionEntry
 from service.models.servable import ServableModel
@@ -25,30 +27,31 @@ from service.pipeline import decode, runner
 from service.pipeline.payload import Payload
 from service.pipeline.runner import Prediction, PredictOptions
 from service.pipeline.sources import SourceRegistry
+from service.uploads import Upload, Uploads
 
 log = logging.getLogger(__name__)
 
-# The client's own deadline timer cancels a moment before the server's fires.
-_DEADLINE_SLACK = 0.25  # seconds
+# How long a failed prediction waits for its caller's cancellation to show.
+_SETTLE = 0.05  # seconds
 
 
 class Call(Protocol):
-    """What the data plane needs of a protocol's call: is the caller still there?"""
-
-    def is_active(self) -> bool: ...
+    """What the data plane needs of a protocol's call: how long its caller waits.
+    (A caller that goes away cancels the front end's coroutine.)"""
 
     def time_remaining(self) -> float | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictCall:
-    """One prediction as the front end read it; ``payload`` is read only once
-    the request is admitted (a streamed upload arrives then)."""
+    """One prediction as the front end read it. ``payload`` brings the image
+    once the model is resolved and before a prediction slot is taken: a
+    streamed upload arrives then, through the request's :class:`Upload`."""
 
     model_name: str
     model_version: int
     options: PredictOptions
-    payload: Callable[[], Payload]
+    payload: Callable[[Upload], Awaitable[Payload]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,83 +82,131 @@ class InternalError(ServiceError):
 class _Labels:
     model: str = ""
     version: str = ""
+    code: Code = Code.OK
 
 
-def caller_gone(call: Call, settle: float = 0.0) -> ServiceError | None:
-    """Cancelled or DeadlineExceeded if the caller is gone, else None.
-
-    A cancelled upload ends the request iterator a moment before the call
-    shows the cancellation; ``settle`` gives it that long to catch up, so a
-    cut-off stream counts as cancelled rather than as a truncated image.
-    """
-    give_up = time.monotonic() + settle
-    while True:
-        if not call.is_active():
-            remaining = call.time_remaining()
-            if remaining is not None and remaining < _DEADLINE_SLACK:
-                return DeadlineExceeded("the caller's deadline passed")
-            return Cancelled("the caller cancelled the call")
-        if time.monotonic() >= give_up:
-            return None
-        time.sleep(0.005)
+def _cancellation_code(budget: RequestBudget) -> Code:
+    """A cancelled call's outcome: its deadline, if that was (nearly) reached."""
+    remaining = budget.remaining()
+    return Code.DEADLINE_EXCEEDED if remaining is not None and remaining < DEADLINE_SLACK else Code.CANCELLED
 
 
 class DataPlane:
+    """Model resolution, uploads, admission, the pipeline and metrics, for
+    every protocol. Coroutines on the server's event loop; the pipeline runs
+    in ``executor`` threads."""
+
     def __init__(
-        self, models: ModelRegistry, sources: SourceRegistry, metrics: Metrics, admission: Admission
+        self,
+        models: ModelRegistry,
+        sources: SourceRegistry,
+        metrics: Metrics,
+        admission: Admission,
+        uploads: Uploads,
+        memory: MemoryBudget,
+        executor: concurrent.futures.Executor,
     ) -> None:
         self.models = models
         self.sources = sources
         self.metrics = metrics
+        self.uploads = uploads
+        self.memory = memory
         self._admission = admission
+        self._executor = executor
 
     @contextlib.contextmanager
-    def _accounted(self, endpoint: str, call: Call | None = None, settle: float = 0.0) -> Iterator[_Labels]:
-        """Count the request once, under the model and version the body resolved,
-        with its final code; an error while the caller is already gone becomes
-        that caller's Cancelled or DeadlineExceeded.
+    def _accounted(self, endpoint: str) -> Iterator[_Labels]:
+        """Count the request once, under the model and version the body
+        resolved, with its final code (set by the body or by its error).
 
         Labels name only models of the repository: a request for a name it
         does not hold counts under model "" (client text never becomes a
         series, so probing names cannot grow the metrics without bound)."""
         labels = _Labels()
-        code = Code.OK
         try:
             yield labels
         except ServiceError as err:
-            gone = caller_gone(call, settle) if call is not None else None
-            if gone is not None:
-                log.info("%s stopped, caller gone (%s): %s", endpoint, gone.code.value, err.message)
-                code = gone.code
-                raise gone from err
-            code = err.code
+            labels.code = err.code
             raise
         except Exception as err:
-            code = Code.INTERNAL
+            labels.code = Code.INTERNAL
             log.exception("%s failed", endpoint)
             raise InternalError(f"internal error in {endpoint}; see the server log") from err
         finally:
-            self.metrics.requests.labels(labels.model, labels.version, endpoint, code.value).inc()
+            self.metrics.requests.labels(labels.model, labels.version, endpoint, labels.code.value).inc()
 
-    def predict(
-        self, endpoint: str, read: Callable[[], PredictCall], call: Call, settle: float = 0.0
-    ) -> Served:
+    @staticmethod
+    async def _caller_gone(budget: RequestBudget, labels: _Labels) -> None:
+        """Run when a prediction with a streamed upload fails: if its caller is
+        gone, the failure is a symptom (a cancelled upload ends like a
+        truncated one), so the call ends as CANCELLED or DEADLINE_EXCEEDED.
+
+        gRPC ends a cancelled call's request stream a moment before it cancels
+        the handler; the settle gives that cancellation time to arrive."""
+        try:
+            await asyncio.sleep(_SETTLE)
+        except asyncio.CancelledError:
+            labels.code = _cancellation_code(budget)
+            raise
+        if budget.expired():
+            labels.code = Code.DEADLINE_EXCEEDED
+            raise DeadlineExceeded("the caller's deadline passed") from None
+
+    async def predict(self, endpoint: str, read: Callable[[], Awaitable[PredictCall]], call: Call) -> Served:
         """Run one prediction: ``read`` converts the protocol's request (its
         errors are counted like any other), ``endpoint`` names it in metrics."""
+        budget = RequestBudget(self.memory, call.time_remaining())
         self.metrics.in_flight.inc()
         try:
-            with self._accounted(endpoint, call, settle) as labels:
-                request = read()
-                model = self.models.resolve(request.model_name, request.model_version)
-                labels.model, labels.version = model.name, str(model.version)
-                with self._admission.slot(call.time_remaining()):
-                    prediction = runner.run(
-                        model, request.payload(), request.options, self.sources, call.is_active
-                    )
-                self.metrics.observe_prediction(model.name, prediction)
-                return Served(model, prediction)
+            with self._accounted(endpoint) as labels:
+                try:
+                    return await self._predict(read, budget, labels)
+                except ServiceError:
+                    if budget.streamed:
+                        await self._caller_gone(budget, labels)
+                    raise
+                except asyncio.CancelledError:
+                    labels.code = _cancellation_code(budget)
+                    raise
         finally:
             self.metrics.in_flight.dec()
+
+    async def _predict(
+        self, read: Callable[[], Awaitable[PredictCall]], budget: RequestBudget, labels: _Labels
+    ) -> Served:
+        request = await read()
+        model = self.models.resolve(request.model_name, request.model_version)
+        labels.model, labels.version = model.name, str(model.version)
+        async with self.uploads.upload() as upload:
+            try:
+                payload = await request.payload(upload)
+            finally:
+                budget.streamed = upload.streamed
+            async with self._admission.slot(budget.remaining()):
+                prediction = await self._run(model, payload, request.options, budget)
+        self.metrics.observe_prediction(model.name, prediction)
+        return Served(model, prediction)
+
+    async def _run(
+        self, model: ServableModel, payload: Payload, options: PredictOptions, budget: RequestBudget
+    ) -> Prediction:
+        """The pipeline in a worker thread. If the caller goes away, the thread
+        stops at its next stage and keeps the slot until then, so admission
+        never counts fewer predictions than are running."""
+        if not budget.is_active():  # the deadline passed while it waited: do not start
+            raise DeadlineExceeded("the caller's deadline passed before the prediction started")
+
+        def work() -> Prediction:
+            with bound(budget, self._admission.queue_timeout):
+                return runner.run(model, payload, options, self.sources, budget.is_active)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            budget.cancel()
+            await asyncio.wait([future])
+            raise
 
     def model_versions(self, endpoint: str, name: str) -> tuple[str, list[VersionEntry]]:
         """A model's name (the default for an empty one) and all its versions."""

@@ -117,3 +117,10 @@ class DeadlineExceeded(ServiceError):
     """The caller's deadline passed: stop working."""
 
     code = Code.DEADLINE_EXCEEDED
+
+
+class Stalled(ServiceError):
+    """An upload that stopped arriving: no header, or no next chunk, within
+    the server's upload timeouts. The server gives up on it as on a deadline."""
+
+    code = Code.DEADLINE_EXCEEDED

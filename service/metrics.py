@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
+    from service.budget import MemoryBudget
     from service.pipeline.runner import Prediction
+    from service.uploads import Uploads
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MEGAPIXEL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000, 10000)
@@ -94,6 +96,20 @@ class Metrics:
         self.tile_cache_misses = Counter(
             "ats_tile_cache_misses", "Decoded-tile cache misses", registry=registry
         )
+
+    def watch(self, memory: MemoryBudget, uploads: Uploads) -> None:
+        """Gauges read from the live budgets at each scrape."""
+        gauges = {
+            "ats_memory_budget_bytes": ("Server-wide memory budget for decoded pixels", lambda: memory.total),
+            "ats_memory_reserved_bytes": ("Bytes of the memory budget reserved now", lambda: memory.in_use),
+            "ats_uploads_receiving": ("Streamed uploads being received", lambda: uploads.receiving),
+            "ats_upload_bytes_held": (
+                "Bytes held by uploads and unary payloads in flight",
+                lambda: uploads.bytes_held,
+            ),
+        }
+        for name, (doc, read) in gauges.items():
+            Gauge(name, doc, registry=self.registry).set_function(read)
 
     def observe_prediction(self, model: str, prediction: Prediction) -> None:
         for stage, seconds in prediction.timings.items():

@@ -1,11 +1,22 @@
 """Assembles the server from a Config and runs its lifecycle: start, serve,
-drain on SIGTERM."""
+drain on SIGTERM.
+
+gRPC runs on asyncio (``grpc.aio``) in a thread of its own: a call waiting
+for its upload, for a slot or for memory is a suspended coroutine, so idle
+or stalled clients hold no thread. Predictions run in a pool of
+``--max-concurrent-predicts`` threads. ``start`` and ``drain`` stay plain
+calls for whoever embeds the server.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
+from collections.abc import Coroutine
 from concurrent import futures
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,6 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from service.admission import Admission
+from service.budget import MemoryBudget
 from service.config import Config
 from service.dataplane import DataPlane
 from service.metrics import Metrics, MetricsEndpoint
@@ -26,8 +38,32 @@ from service.server.health import ReadinessHealth
 from service.server.interceptor import MetricsInterceptor
 from service.server.servicer import AttentionSamplingServicer
 from service.tiles import add_tile_source
+from service.uploads import UploadLimits, Uploads
+from service.vitals import Vitals
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds between checks of the process's vitals for health.
+VITALS_INTERVAL = 1.0
+
+
+def grpc_options(config: Config) -> list[tuple[str, Any]]:
+    """Transport settings: message sizes, and limits that keep one connection
+    from taking the server (streams per connection, pings)."""
+    return [
+        ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second server
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        # Ping idle connections every minute, drop peers that do not answer in 20 s.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Clients may ping at most every 10 s; two pings too many close the connection.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 class Server:
@@ -36,45 +72,77 @@ class Server:
     def __init__(self, config: Config, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
         self.metrics = Metrics(registry)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
+        self._loop_thread.start()
+        self.memory = MemoryBudget(config.memory_budget_bytes)
         self.models = ModelRegistry(
             config.resolved_repository(), config.default_model, warm_up, listeners=[self._on_model_change]
         )
-        self.health = ReadinessHealth(self.models)
+        self.health = ReadinessHealth(self.models, Vitals(self.memory), self._loop)
         decode.disable_pillow_pixel_guard()
         self.sources = SourceRegistry(SourceLimits(config.max_image_pixels, config.max_image_bytes))
         add_tile_source(self.sources, config.data_root, config.tile_cache_bytes, counters=self.metrics)
-        self.plane = DataPlane(
-            self.models,
-            self.sources,
-            self.metrics,
-            Admission(config.max_concurrent_predicts, config.queue_timeout),
+        self._predict_threads = futures.ThreadPoolExecutor(
+            max_workers=config.max_concurrent_predicts, thread_name_prefix="predict"
         )
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+        self.plane = self._on_loop(self._make_plane())
+        self.metrics.watch(self.memory, self.plane.uploads)
+        self._grpc: grpc.aio.Server = self._on_loop(self._make_grpc())
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._stopping = threading.Event()
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _make_plane(self) -> DataPlane:
+        config = self.config
+        uploads = Uploads(
+            UploadLimits(
+                header_timeout=config.upload_header_timeout,
+                idle_timeout=config.upload_idle_timeout,
+                total_timeout=config.upload_total_timeout,
+                max_uploads=config.max_uploads,
+                max_bytes=config.upload_budget_bytes,
+                max_image_bytes=config.max_image_bytes,
+                max_image_pixels=config.max_image_pixels,
+            ),
+            config.queue_timeout,
+        )
+        admission = Admission(config.max_concurrent_predicts, config.queue_timeout)
+        return DataPlane(
+            self.models, self.sources, self.metrics, admission, uploads, self.memory, self._predict_threads
+        )
+
+    async def _make_grpc(self) -> grpc.aio.Server:
+        """The aio server, made on the loop it will run on."""
+        config = self.config
+        server = grpc.aio.server(
             interceptors=[MetricsInterceptor(self.metrics)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-            options=[
-                ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second server
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-            ],
+            options=grpc_options(config),
         )
         pb_grpc.add_AttentionSamplingServicer_to_server(
-            AttentionSamplingServicer(self.plane, config.max_message_bytes), self._grpc
+            AttentionSamplingServicer(self.plane, config.max_message_bytes), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
             (
                 pb.DESCRIPTOR.services_by_name["AttentionSampling"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self._grpc,
+            server,
         )
-        self.port = self._grpc.add_insecure_port(f"{config.host}:{config.port}")
+        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC to {config.host}:{config.port}")
-        self._metrics_endpoint: MetricsEndpoint | None = None
+        return server
+
+    def _watch_vitals(self) -> None:
+        while not self._stopping.wait(VITALS_INTERVAL):
+            self.health.refresh()
 
     def _on_model_change(self, name: str, version: int, state: State) -> None:
         labels = (name, str(version))
@@ -94,7 +162,8 @@ class Server:
             self._metrics_endpoint = MetricsEndpoint(
                 self.metrics.registry, self.config.host, self.config.metrics_port
             )
-        self._grpc.start()
+        self._on_loop(self._grpc.start())
+        threading.Thread(target=self._watch_vitals, name="vitals", daemon=True).start()
         log.info(
             "gRPC listening on %s:%d, metrics on %s:%s; repository %s",
             self.config.host,
@@ -120,8 +189,12 @@ class Server:
         log.info("draining: health NOT_SERVING, stopping in %.1f s", self.config.drain_delay)
         self.health.drain()
         time.sleep(self.config.drain_delay)
-        self._grpc.stop(self.config.grace_period).wait()
+        self._on_loop(self._grpc.stop(self.config.grace_period))
+        self._stopping.set()
+        self._predict_threads.shutdown(wait=True)
         self.models.stop()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=5)
         log.info("stopped")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from google.protobuf.message import Message
@@ -14,6 +14,7 @@ from service.errors import InvalidInput
 from service.models.repository import VersionEntry
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
 from service.pipeline.runner import PredictOptions
+from service.uploads import Upload
 
 _STATES = {
     "LOADING": pb.ModelVersionStatus.LOADING,
@@ -41,12 +42,12 @@ def _set_packed_floats(message: Message, field: str, values: np.ndarray) -> None
     message.MergeFromString(_varint(tag) + _varint(len(data)) + data)
 
 
-def _tensor_payload(tensor: pb.Tensor, data: bytes) -> RawTensor:
+def _dtype(tensor: pb.Tensor) -> str:
     if tensor.dtype not in pb.DataType.values():  # proto3 enums keep unknown numbers
         raise InvalidInput(
             f"tensor dtype {tensor.dtype} is not a DataType value; use UINT8", field="tensor.dtype"
         )
-    return RawTensor(shape=tuple(tensor.shape), dtype=pb.DataType.Name(tensor.dtype).lower(), data=data)
+    return pb.DataType.Name(tensor.dtype).lower()
 
 
 def payload(request: pb.PredictRequest) -> Payload:
@@ -55,20 +56,24 @@ def payload(request: pb.PredictRequest) -> Payload:
     if kind == "image":
         return EncodedImage(request.image)
     if kind == "tensor":
-        return _tensor_payload(request.tensor, request.tensor.data)
+        return RawTensor(
+            shape=tuple(request.tensor.shape), dtype=_dtype(request.tensor), data=request.tensor.data
+        )
     if kind == "tile":
         return TileRef(request.tile.path, request.tile.level if request.tile.HasField("level") else None)
     raise InvalidInput("the request has no image: set one of image, tensor or tile", field="source")
 
 
-def stream_payload(header: pb.PredictRequest, data: bytes) -> Payload:
-    """The image of a stream: chunks are an encoded image, or the raw bytes of
-    the tensor whose shape and dtype the header gives."""
+def stream_source(header: pb.PredictRequest) -> Callable[[bytes], Payload]:
+    """How a stream's chunks become its image, checked from the header before
+    any chunk: an encoded image, or the raw bytes of the tensor whose shape
+    and dtype the header gives."""
     kind = header.WhichOneof("source")
     if kind is None:
-        return EncodedImage(data)
+        return EncodedImage
     if kind == "tensor" and not header.tensor.data:
-        return _tensor_payload(header.tensor, data)
+        shape, dtype = tuple(header.tensor.shape), _dtype(header.tensor)
+        return lambda data: RawTensor(shape=shape, dtype=dtype, data=data)
     raise InvalidInput(
         "a stream's header carries no pixels: leave its source unset (chunks = "
         "encoded image) or give a tensor's shape and dtype without data",
@@ -96,7 +101,7 @@ def options(request: pb.PredictRequest) -> PredictOptions:
     )
 
 
-def predict_call(request: pb.PredictRequest, payload: Callable[[], Payload]) -> PredictCall:
+def predict_call(request: pb.PredictRequest, payload: Callable[[Upload], Awaitable[Payload]]) -> PredictCall:
     """The data plane's view of a request (unary, or a stream's header)."""
     return PredictCall(request.model_name, request.model_version, options(request), payload)
 

@@ -3,12 +3,16 @@ the go-grpc-prometheus naming users already have dashboards for."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 
+from service.budget import DEADLINE_SLACK
 from service.metrics import Metrics
 
 _KINDS = {
@@ -25,30 +29,35 @@ _WRAPPERS = {
 }
 
 
-def _final_code(context: grpc.ServicerContext, failed: bool) -> str:
+def _final_code(context: grpc.aio.ServicerContext, outcome: str) -> str:
     code = context.code()
-    if code is not None:
+    if isinstance(code, grpc.StatusCode):
         return code.name
-    if not context.is_active():
+    if outcome == "cancelled":
         remaining = context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-    return "UNKNOWN" if failed else "OK"
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK else "CANCELLED"
+    return "UNKNOWN" if outcome == "failed" else "OK"
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
         attribute, make_handler = _WRAPPERS[kind]
         labels = (kind, service, method)
-        wrapped = (self._wrap_streaming if handler.response_streaming else self._wrap_unary)(
-            getattr(handler, attribute), labels
+        behavior = getattr(handler, attribute)
+        wrapped = (
+            self._wrap_generator(behavior, labels)
+            if inspect.isasyncgenfunction(behavior)
+            else self._wrap_coroutine(behavior, labels)
         )
         return make_handler(
             wrapped,
@@ -56,33 +65,31 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _record(
-        self, labels: tuple[str, str, str], context: grpc.ServicerContext, started: float, failed: bool
-    ) -> None:
-        self._metrics.grpc_handled.labels(*labels, _final_code(context, failed)).inc()
-        self._metrics.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
+    @contextlib.contextmanager
+    def _recorded(self, labels: tuple[str, str, str], context: grpc.aio.ServicerContext) -> Iterator[None]:
+        self._metrics.grpc_started.labels(*labels).inc()
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            yield
+            outcome = "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._metrics.grpc_handled.labels(*labels, _final_code(context, outcome)).inc()
+            self._metrics.grpc_handling_seconds.labels(*labels).observe(time.perf_counter() - started)
 
-    def _wrap_unary(self, behavior: Callable, labels: tuple[str, str, str]) -> Callable:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            self._metrics.grpc_started.labels(*labels).inc()
-            started, failed = time.perf_counter(), True
-            try:
-                response = behavior(request, context)
-                failed = False
-                return response
-            finally:
-                self._record(labels, context, started, failed)
+    def _wrap_coroutine(self, behavior: Callable, labels: tuple[str, str, str]) -> Callable:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._recorded(labels, context):
+                return await behavior(request, context)
 
         return wrapped
 
-    def _wrap_streaming(self, behavior: Callable, labels: tuple[str, str, str]) -> Callable:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self._metrics.grpc_started.labels(*labels).inc()
-            started, failed = time.perf_counter(), True
-            try:
-                yield from behavior(request, context)
-                failed = False
-            finally:
-                self._record(labels, context, started, failed)
+    def _wrap_generator(self, behavior: Callable, labels: tuple[str, str, str]) -> Callable:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with self._recorded(labels, context):
+                async for response in behavior(request, context):
+                    yield response
 
         return wrapped

@@ -46,7 +46,8 @@ def to_status(error: ServiceError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def abort(context: grpc.ServicerContext, error: ServiceError) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
     """End the RPC with ``error``; raises, as ``context.abort`` does."""
-    context.abort_with_status(to_status(error))
-    raise AssertionError("abort_with_status returned")  # it always raises
+    status = to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # it always raises

@@ -32,7 +32,7 @@ def test_flag_over_environment_over_default():
         "json",
         0.5,
     )
-    assert (sources["port"], sources["metrics_port"], sources["workers"]) == ("flag", "env", "default")
+    assert (sources["port"], sources["metrics_port"], sources["max_uploads"]) == ("flag", "env", "default")
     described = describe(config, sources)
     assert described["port"] == {"value": 9100, "from": "flag"}
     assert described["model_repository"]["value"] == "repo"

@@ -150,7 +150,7 @@ def test_sigterm_drains_in_flight_requests(start_server, make_repository):
 
 
 def test_capacity_deadline_and_cancellation(start_server, make_repository):
-    server = start_server(make_repository(), "--max-concurrent-predicts", "2", "--queue-timeout", "0.3")
+    server = start_server(make_repository(), "--max-uploads", "2", "--queue-timeout", "0.3")
     png = encode_image(random_image(128, 128))
     small = random_image(64, 64)
     header = pb.PredictRequest(n_patches=2)
@@ -162,15 +162,15 @@ def test_capacity_deadline_and_cancellation(start_server, make_repository):
         stub = pb_grpc.AttentionSamplingStub(channel)
         first, second = threading.Event(), threading.Event()
         slow = stub.PredictStream.future(held_stream(header, png, first), timeout=60)
-        wait_for(lambda: metric(current(), "ats_requests_in_flight") == 1, what="one slot taken")
-        # one slow upload does not block small requests
-        assert all(client.predict(small, n_patches=2).label for _ in range(3))
         slower = stub.PredictStream.future(held_stream(header, png, second), timeout=60)
-        wait_for(lambda: metric(current(), "ats_requests_in_flight") == 2, what="both slots taken")
-        with pytest.raises(AtsError) as caught:
-            client.predict(small)
-        assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "capacity" in caught.value.message
+        wait_for(lambda: metric(current(), "ats_uploads_receiving") == 2, what="both uploads receiving")
+        # uploads are received before a prediction slot is taken: held ones block no prediction
+        assert all(client.predict(small, n_patches=2).label for _ in range(3))
+        # but they are bounded in number
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.PredictStream(iter([pb.PredictStreamRequest(header=header)]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-uploads" in refused.value.details()
         first.set(), second.set()
         assert slow.result(60).label and slower.result(60).label
         assert client.predict(small).label
