@@ -27,14 +27,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from types import ModuleType
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORPORA = pathlib.Path(__file__).resolve().parent / "corpus"
 INSTRUMENTED = ["PIL", "service", "tifffile", "tests.fuzz"]
-# libFuzzer's limits for one input: seconds, and resident memory of the process.
+# libFuzzer's limits: seconds for one input, resident memory of the process,
+# and input size (the seeds are a few KB; larger inputs only slow the search).
 PER_INPUT_TIMEOUT_S = 20
 RSS_LIMIT_MB = 4096
+MAX_INPUT_BYTES = 64 << 10
 
 
 def _inner_command(target: str) -> str:
@@ -57,6 +60,7 @@ def _libfuzzer(target: str, flags: list[str]) -> None:
     """Inside the fuzzing process: hand ``fuzz_one`` and ``flags`` to libFuzzer (never returns)."""
     import atheris
 
+    warnings.simplefilter("ignore")  # Pillow warns about most damaged files: millions of lines
     module = _load_instrumented(target)
     atheris.Setup([_inner_command(target), *flags], module.fuzz_one)
     atheris.Fuzz()
@@ -81,10 +85,9 @@ def _replace_corpus(corpus: pathlib.Path, merged: pathlib.Path, seeds: dict[str,
         shutil.copyfile(new, corpus / names.get(new.name, new.name))
 
 
-def fuzz(target: str, minutes: float, artifacts: pathlib.Path) -> int:
-    """Fuzz ``target`` for ``minutes``, then minimise its corpus; libFuzzer's exit status."""
+def fuzz(target: str, minutes: float, corpus: pathlib.Path, artifacts: pathlib.Path) -> int:
+    """Fuzz ``target`` for ``minutes``, then minimise ``corpus``; libFuzzer's exit status."""
     module = importlib.import_module(f"tests.fuzz.atheris_{target}")
-    corpus = CORPORA / target
     if not corpus.is_dir() or not any(corpus.iterdir()):
         _write_seeds(module, corpus)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,7 @@ def fuzz(target: str, minutes: float, artifacts: pathlib.Path) -> int:
             f"-max_total_time={max(1, round(minutes * 60))}",
             f"-timeout={PER_INPUT_TIMEOUT_S}",
             f"-rss_limit_mb={RSS_LIMIT_MB}",
+            f"-max_len={MAX_INPUT_BYTES}",
             f"-artifact_prefix={artifacts}/",
             "-print_final_stats=1",
         )
@@ -105,7 +109,7 @@ def fuzz(target: str, minutes: float, artifacts: pathlib.Path) -> int:
             _replace_corpus(corpus, merged, module.seeds())
     size = sum(f.stat().st_size for f in corpus.iterdir())
     findings = sorted(artifacts.iterdir())
-    print(f"corpus {corpus.relative_to(ROOT)}: {len(list(corpus.iterdir()))} inputs, {size} bytes")
+    print(f"corpus {corpus}: {len(list(corpus.iterdir()))} inputs, {size} bytes")
     print(f"findings in {artifacts}: {len(findings)}", *findings, sep="\n  ")
     return status
 
@@ -119,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="NAME of tests/fuzz/atheris_NAME.py (decode, tiles)")
     parser.add_argument("--minutes", type=float, default=5.0, help="fuzzing time (default 5)")
     parser.add_argument(
+        "--corpus", type=pathlib.Path, default=None, help="corpus folder (default: tests/fuzz/corpus/TARGET)"
+    )
+    parser.add_argument(
         "--artifacts", type=pathlib.Path, default=None, help="where findings go (default: a new temp dir)"
     )
     options = parser.parse_args(args)
+    corpus = options.corpus or CORPORA / options.target
     artifacts = options.artifacts or pathlib.Path(tempfile.mkdtemp(prefix=f"fuzz-{options.target}-findings-"))
-    return fuzz(options.target, options.minutes, artifacts)
+    return fuzz(options.target, options.minutes, corpus.resolve(), artifacts.resolve())
 
 
 if __name__ == "__main__":

@@ -76,6 +76,32 @@ def test_damaged_header_is_invalid_not_internal(client, name):
     assert "corrupt or truncated" in error.message
 
 
+def test_16_bit_grey_png_is_scaled_not_clipped(client):
+    """Pillow reads it as I;16 and would clip it to 255; the server keeps each
+    sample's high byte, as the patch crops show pixel for pixel."""
+    samples = (np.arange(48 * 48, dtype=np.uint32) * 40503 % 65536).astype(np.uint16).reshape(48, 48)
+    request = pb.PredictRequest(
+        image=encode_image(samples),
+        n_patches=4,
+        mode=pb.TOP_K,
+        output=pb.OutputOptions(include_patch_crops=True),
+    )
+    response = client.send(request)
+    expected = np.pad((samples >> 8).astype(np.uint8), 8)  # pixels outside the image are zeros
+    assert len(response.patches) == 4
+    for patch in response.patches:
+        crop = np.frombuffer(patch.crop.data, np.uint8).reshape(tuple(patch.crop.shape))
+        window = expected[patch.y + 8 : patch.y + 8 + patch.height, patch.x + 8 : patch.x + 8 + patch.width]
+        np.testing.assert_array_equal(crop, np.repeat(window[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize(("dtype", "mode"), [(np.float32, "F"), (np.int32, "I")])
+def test_32_bit_images_are_refused_naming_their_mode(client, dtype, mode):
+    tiff = encode_image(np.ones((16, 16), dtype), "TIFF")  # Pillow writes mode F or I
+    error = refused(lambda: client.predict(tiff), INVALID, "image")
+    assert f"mode {mode}" in error.message
+
+
 def test_unknown_enum_values_are_invalid_not_internal(client):
     """proto3 enums are open: a number the server does not know is the client's error."""
     tensor = pb.Tensor(shape=[64, 64, 3], dtype=99, data=bytes(64 * 64 * 3))
