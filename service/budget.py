@@ -129,18 +129,22 @@ class RequestBudget:
     def is_active(self) -> bool:
         return not self._cancelled.is_set() and not self.expired()
 
-    def before_decode(self, pixels: int, bytes_per_pixel: int, what: str, wait: float) -> None:
-        """Refuse a decode that cannot finish in time, then reserve its memory
-        (waiting at most ``wait`` seconds, or less if the deadline is sooner)."""
+    def check_time(self, pixels: int, what: str) -> None:
+        """Refuse a decode of ``pixels`` that cannot finish before the deadline
+        even at the fastest rate seen."""
         remaining = self.remaining()
         if remaining is not None and pixels * FASTEST_SECONDS_PER_PIXEL > remaining:
             raise DeadlineExceeded(
                 f"{what} of {pixels} pixels cannot be decoded in the {max(remaining, 0) * 1000:.0f} ms "
                 "left before the caller's deadline"
             )
+
+    def reserve(self, nbytes: int, what: str, wait: float) -> None:
+        """Reserve ``nbytes`` of the server's memory budget, waiting at most
+        ``wait`` seconds (less if the deadline is sooner)."""
         if self._memory is None:
             return
-        nbytes = pixels * bytes_per_pixel
+        remaining = self.remaining()
         self._memory.reserve(nbytes, wait if remaining is None else min(wait, remaining), what)
         self.held += nbytes
 
@@ -170,8 +174,18 @@ def bound(budget: RequestBudget, wait: float) -> Iterator[None]:
 
 def before_decode(pixels: int, bytes_per_pixel: int, what: str) -> None:
     """Declare a decode of ``pixels`` pixels costing ``bytes_per_pixel`` bytes
-    each at its peak; raises DeadlineExceeded, AtCapacity or TooLarge."""
+    each at its peak: refused (DeadlineExceeded) if it cannot finish in time,
+    else its memory is reserved (AtCapacity, TooLarge)."""
     current = _current.get()
     if current is not None:
         budget, wait = current
-        budget.before_decode(pixels, bytes_per_pixel, what, wait)
+        budget.check_time(pixels, what)
+        budget.reserve(pixels * bytes_per_pixel, what, wait)
+
+
+def before_copy(nbytes: int, what: str) -> None:
+    """Declare a copy of ``nbytes`` (pixels already in memory, no decoding)."""
+    current = _current.get()
+    if current is not None:
+        budget, wait = current
+        budget.reserve(nbytes, what, wait)

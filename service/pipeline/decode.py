@@ -31,6 +31,7 @@ import struct
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from service import budget
 from service.errors import InvalidInput, TooLarge, clip
 from service.pipeline.payload import RawTensor
 
@@ -111,6 +112,16 @@ def check_mode(mode: str) -> None:
         raise InvalidInput(f"images of mode {clip(mode)} are not accepted", field="image")
 
 
+def peak_bytes_per_pixel(mode: str, channels: int) -> int:
+    """Memory a decode holds per pixel at its peak: Pillow's image (4 bytes a
+    pixel for every multi-band mode, 2 for 16-bit grey, 1 for 8-bit), its
+    converted copy, the array, and the pipeline's tensor copy of it."""
+    bands = Image.getmodebands(mode)
+    stored = 4 if bands > 1 or mode in ("I", "F") else 2 if "16" in mode else 1
+    converted = 0 if mode == _MODES[channels] else (4 if channels == 3 else 1)
+    return stored + converted + 2 * channels
+
+
 def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
     """Decode an encoded image to (H, W, channels) uint8, converting its colour mode."""
     _check_bytes(len(data), max_bytes, "image")
@@ -132,6 +143,9 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
             raise InvalidInput(f"{image.format} image of {width}x{height} pixels has none", field="image")
         _check_pixels(height, width, max_pixels, "image")
         check_mode(image.mode)
+        budget.before_decode(
+            height * width, peak_bytes_per_pixel(image.mode, channels), f"{image.format} image"
+        )
         try:
             image.load()
             converted = eight_bit(image, channels)
@@ -166,4 +180,5 @@ def tensor_pixels(tensor: RawTensor, channels: int, max_pixels: int, max_bytes: 
             f"tensor data has {len(tensor.data)} bytes, shape {list(shape)} of uint8 needs {expected}",
             field="tensor.data",
         )
+    budget.before_copy(expected, "tensor")  # the pipeline's own copy; the bytes are already here
     return np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)

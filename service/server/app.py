@@ -24,7 +24,6 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ats_api.v1 import attention_sampling_pb2 as pb
-from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.budget import MemoryBudget
 from service.config import Config
@@ -36,6 +35,7 @@ from service.pipeline import decode
 from service.pipeline.sources import SourceLimits, SourceRegistry
 from service.server.health import ReadinessHealth
 from service.server.interceptor import MetricsInterceptor
+from service.server.registration import add_servicer
 from service.server.servicer import AttentionSamplingServicer
 from service.tiles import add_tile_source
 from service.uploads import UploadLimits, Uploads
@@ -123,8 +123,10 @@ class Server:
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=grpc_options(config),
         )
-        pb_grpc.add_AttentionSamplingServicer_to_server(
-            AttentionSamplingServicer(self.plane, config.max_message_bytes), server
+        add_servicer(
+            server,
+            AttentionSamplingServicer(self.plane, config.max_message_bytes),
+            pb.DESCRIPTOR.services_by_name["AttentionSampling"],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(

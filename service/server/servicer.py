@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -14,7 +15,10 @@ from service.dataplane import DataPlane, PredictCall
 from service.errors import InvalidInput, ServiceError
 from service.pipeline.payload import Payload
 from service.server import convert, status
+from service.server.registration import Malformed
 from service.uploads import Declared, Upload
+
+M = TypeVar("M")
 
 
 class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
@@ -30,7 +34,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
             return convert.payload(request)
 
         async def read() -> PredictCall:
-            return convert.predict_call(request, payload)
+            return convert.predict_call(parsed(request), payload)
 
         try:
             served = await self._plane.predict("Predict", read, context)
@@ -50,7 +54,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
 
         async def read() -> PredictCall:
             first = await uploads.first(requests)
-            if first is None or first.WhichOneof("part") != "header":
+            if first is None or parsed(first).WhichOneof("part") != "header":
                 raise InvalidInput("the first message of a stream must be its header", field="header")
             header.CopyFrom(first.header)
             return convert.predict_call(header, payload)
@@ -65,7 +69,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadata:
         try:
-            name, versions = self._plane.model_versions("GetModelMetadata", request.model_name)
+            name, versions = self._plane.model_versions("GetModelMetadata", parsed(request).model_name)
         except ServiceError as err:
             await status.abort(context, err)
         return convert.metadata(name, versions, self._input_support())
@@ -74,6 +78,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         try:
+            parsed(request)
             models, default = self._plane.all_models("ListModels")
         except ServiceError as err:
             await status.abort(context, err)
@@ -89,9 +94,16 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
 async def _chunks(requests: AsyncIterator[pb.PredictStreamRequest]) -> AsyncIterator[bytes]:
     """The stream's chunks after its header."""
     async for message in requests:
-        if message.WhichOneof("part") != "chunk":
+        if parsed(message).WhichOneof("part") != "chunk":
             raise InvalidInput("only the first message of a stream may be a header", field="header")
         yield message.chunk
+
+
+def parsed(message: M | Malformed) -> M:
+    """``message``, or its parse error raised as INVALID_ARGUMENT."""
+    if isinstance(message, Malformed):
+        raise message.error
+    return message
 
 
 def _declared(header: pb.PredictRequest) -> Declared | None:
