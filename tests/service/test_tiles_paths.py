@@ -1,6 +1,7 @@
 """Tile references are confined to the data root: every way out is refused
 with the documented status, checked on real files, symlinks, FIFOs, device
-nodes and sockets made in a temporary root."""
+nodes and sockets made in a temporary root, with both resolvers: openat2(2)
+and the component walk that kernels without it get."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from service.errors import InvalidInput, NotFound, PermissionDenied, ServiceErro
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
-from service.tiles.paths import open_confined, resolve_root
+from service.tiles.paths import DataRoot, resolve_root
 
 
 @pytest.fixture()
@@ -32,87 +33,121 @@ def tree(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path
 
 
-def refusal(root: pathlib.Path, reference: str) -> ServiceError:
+@pytest.fixture(params=["openat2", "walk"])
+def root(request: pytest.FixtureRequest, tree: pathlib.Path) -> DataRoot:
+    """<tmp>/root held open, resolving references with the resolver under test."""
+    data_root = DataRoot(str(tree / "root"), use_openat2=request.param == "openat2")
+    assert data_root.uses_openat2 == (request.param == "openat2")  # this kernel has openat2
+    return data_root
+
+
+def refusal(root: DataRoot, reference: str) -> ServiceError:
     with pytest.raises(ServiceError) as info:
-        os.close(open_confined(resolve_root(str(root)), reference).fd)
+        root.open(reference).close()
     assert info.value.field == "tile.path"
     return info.value
 
 
-def test_relative_and_absolute_paths_inside_the_root_open(tree: pathlib.Path) -> None:
-    root = resolve_root(str(tree / "root"))
+def opened_path(root: DataRoot, reference: str) -> str:
+    """The real path of the file ``reference`` opens (closed again)."""
+    file = root.open(reference)
+    try:
+        assert stat.S_ISREG(os.fstat(file.fd).st_mode)
+        assert file.size == os.path.getsize(file.real_path)
+        return file.real_path
+    finally:
+        file.close()
+
+
+def test_relative_and_absolute_paths_inside_the_root_open(tree: pathlib.Path, root: DataRoot) -> None:
     for reference in ("image.tif", "sub/inner.tif", "./sub//inner.tif", str(tree / "root" / "image.tif")):
-        file = open_confined(root, reference)
-        try:
-            assert stat.S_ISREG(os.fstat(file.fd).st_mode)
-            assert file.real_path.startswith(root + os.sep)
-            assert file.size == os.path.getsize(file.real_path)
-        finally:
-            os.close(file.fd)
+        assert opened_path(root, reference).startswith(root.path + os.sep)
 
 
 @pytest.mark.parametrize(
     "reference", ["../outside/secret.tif", "sub/../image.tif", "..", "sub/../../outside"]
 )
-def test_dot_dot_is_denied(tree: pathlib.Path, reference: str) -> None:
-    assert isinstance(refusal(tree / "root", reference), PermissionDenied)
+def test_dot_dot_is_denied(root: DataRoot, reference: str) -> None:
+    assert isinstance(refusal(root, reference), PermissionDenied)
 
 
-def test_absolute_path_elsewhere_is_denied(tree: pathlib.Path) -> None:
-    error = refusal(tree / "root", str(tree / "outside" / "secret.tif"))
+def test_absolute_path_elsewhere_is_denied(tree: pathlib.Path, root: DataRoot) -> None:
+    error = refusal(root, str(tree / "outside" / "secret.tif"))
     assert error.code == "PERMISSION_DENIED"
 
 
-def test_symlinks_leaving_the_root_are_denied_and_staying_inside_allowed(tree: pathlib.Path) -> None:
-    root = tree / "root"
-    (root / "escape.tif").symlink_to(tree / "outside" / "secret.tif")
-    (root / "escape_dir").symlink_to(tree / "outside")
-    (root / "dangling.tif").symlink_to(tree / "outside" / "missing.tif")
-    (root / "alias.tif").symlink_to("sub/inner.tif")
-    assert isinstance(refusal(root, "escape.tif"), PermissionDenied)
-    assert isinstance(refusal(root, "escape_dir/secret.tif"), PermissionDenied)
+def test_symlinks_leaving_the_root_are_denied_and_staying_inside_allowed(
+    tree: pathlib.Path, root: DataRoot
+) -> None:
+    inside = tree / "root"
+    (inside / "escape.tif").symlink_to(tree / "outside" / "secret.tif")
+    (inside / "escape_dir").symlink_to(tree / "outside")
+    (inside / "dangling.tif").symlink_to(tree / "outside" / "missing.tif")
+    (inside / "sub" / "climb").symlink_to("../../outside/secret.tif")
+    (inside / "alias.tif").symlink_to("sub/inner.tif")
+    (inside / "sub" / "up.tif").symlink_to("../image.tif")
+    (inside / "sub_link").symlink_to("sub")
+    (inside / "chain.tif").symlink_to("sub_link/up.tif")
+    for reference in ("escape.tif", "escape_dir/secret.tif", "sub/climb"):
+        assert isinstance(refusal(root, reference), PermissionDenied), reference
     # a link to a missing file outside says nothing about what exists out there
     assert isinstance(refusal(root, "dangling.tif"), PermissionDenied)
-    file = open_confined(resolve_root(str(root)), "alias.tif")
-    os.close(file.fd)
-    assert file.real_path == str(root / "sub" / "inner.tif")
+    # relative links that stay beneath the root are followed, ".." inside them included
+    assert opened_path(root, "alias.tif") == str(inside / "sub" / "inner.tif")
+    assert opened_path(root, "sub/up.tif") == str(inside / "image.tif")
+    assert opened_path(root, "sub_link/inner.tif") == str(inside / "sub" / "inner.tif")
+    assert opened_path(root, "chain.tif") == str(inside / "image.tif")
 
 
-def test_fifo_is_denied_without_blocking(tree: pathlib.Path) -> None:
+def test_absolute_symlinks_are_denied_even_into_the_root(tree: pathlib.Path, root: DataRoot) -> None:
+    (tree / "root" / "absolute.tif").symlink_to(tree / "root" / "image.tif")
+    assert isinstance(refusal(root, "absolute.tif"), PermissionDenied)
+
+
+def test_symlink_loops_are_denied(tree: pathlib.Path, root: DataRoot) -> None:
+    (tree / "root" / "ping").symlink_to("pong")
+    (tree / "root" / "pong").symlink_to("ping")
+    (tree / "root" / "self").symlink_to("self/x")
+    for reference in ("ping", "self", "ping/x"):
+        assert isinstance(refusal(root, reference), PermissionDenied), reference
+
+
+def test_fifo_is_denied_without_blocking(tree: pathlib.Path, root: DataRoot) -> None:
     os.mkfifo(tree / "root" / "pipe.tif")
-    assert isinstance(refusal(tree / "root", "pipe.tif"), PermissionDenied)
+    assert isinstance(refusal(root, "pipe.tif"), PermissionDenied)
 
 
-def test_device_node_is_denied(tree: pathlib.Path) -> None:
+def test_device_node_is_denied(tree: pathlib.Path, root: DataRoot) -> None:
     # the tests run as root (CI included), which may create device nodes
     os.mknod(tree / "root" / "null.tif", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    assert isinstance(refusal(tree / "root", "null.tif"), PermissionDenied)
+    assert isinstance(refusal(root, "null.tif"), PermissionDenied)
     (tree / "root" / "dev.tif").symlink_to("/dev/zero")
-    assert isinstance(refusal(tree / "root", "dev.tif"), PermissionDenied)
+    assert isinstance(refusal(root, "dev.tif"), PermissionDenied)
 
 
-def test_socket_is_denied(tree: pathlib.Path) -> None:
+def test_socket_is_denied(tree: pathlib.Path, root: DataRoot) -> None:
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(tree / "root" / "sock.tif"))
-        assert isinstance(refusal(tree / "root", "sock.tif"), PermissionDenied)
+        assert isinstance(refusal(root, "sock.tif"), PermissionDenied)
 
 
-def test_missing_file_is_not_found(tree: pathlib.Path) -> None:
-    error = refusal(tree / "root", "sub/absent.tif")
+@pytest.mark.parametrize("reference", ["sub/absent.tif", "absent/inner.tif", "image.tif/x", "image.tif/"])
+def test_missing_file_is_not_found(root: DataRoot, reference: str) -> None:
+    error = refusal(root, reference)
     assert isinstance(error, NotFound) and error.code == "NOT_FOUND"
 
 
-def test_directory_and_empty_path_are_invalid(tree: pathlib.Path) -> None:
-    assert isinstance(refusal(tree / "root", "sub"), InvalidInput)
-    assert isinstance(refusal(tree / "root", ""), InvalidInput)
-    assert isinstance(refusal(tree / "root", "a\0b"), InvalidInput)
+@pytest.mark.parametrize("reference", ["sub", "sub/", ".", "", "a\0b"])
+def test_directory_and_empty_path_are_invalid(tree: pathlib.Path, root: DataRoot, reference: str) -> None:
+    assert isinstance(refusal(root, reference), InvalidInput)
+    assert isinstance(refusal(root, str(tree / "root")), InvalidInput)
 
 
 @pytest.mark.parametrize(
     "url", ["http://example.org/slide.svs", "s3://bucket/slide.tif", "file:///etc/passwd"]
 )
-def test_remote_urls_are_refused_with_a_clear_message(tree: pathlib.Path, url: str) -> None:
-    error = refusal(tree / "root", url)
+def test_remote_urls_are_refused_with_a_clear_message(root: DataRoot, url: str) -> None:
+    error = refusal(root, url)
     assert isinstance(error, Unsupported) and error.code == "UNIMPLEMENTED"
     assert "remote" in error.message and "data root" in error.message
 

@@ -4,7 +4,7 @@ their first bytes, never by a name a client chose."""
 
 from __future__ import annotations
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, Unsupported
 from service.pipeline.sources import SourceLimits
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD, ConfinedFile
@@ -12,8 +12,8 @@ from service.tiles.readers.base import Reader
 from service.tiles.readers.files import pread_exact
 from service.tiles.readers.plain import PlainReader
 from service.tiles.readers.slide import EXTENSIONS as SLIDE_EXTENSIONS
-from service.tiles.readers.slide import SlideCache, SlideReader
-from service.tiles.readers.tiff import TiffReader
+from service.tiles.readers.slide import NAMED_EXTENSIONS, SlideCache, SlideReader
+from service.tiles.readers.tiff import TiffReader, check_segments
 from service.tiles.stats import Recorder
 
 # What GetModelMetadata can announce for tile references.
@@ -32,21 +32,23 @@ _PLAIN_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 def open_reader(
     file: ConfinedFile, cache: TileCache, recorder: Recorder, limits: SourceLimits, slide_cache: SlideCache
 ) -> Reader:
-    """A reader owning ``file``'s descriptor (closed with the reader)."""
-    if file.real_path.lower().endswith(SLIDE_EXTENSIONS):
-        return SlideReader(file.fd, file.size, file.real_path, file.identity, cache, recorder, slide_cache)
-    head = pread_exact(file.fd, min(8, file.size), 0)
-    recorder.record(bytes_read=len(head))
-    if head.startswith(_TIFF_MAGIC):
-        return TiffReader(file.fd, file.size, file.identity, cache, recorder)
-    if head.startswith(_PLAIN_MAGIC):
-        return PlainReader(
-            file.fd,
-            file.size,
-            file.identity,
-            cache,
-            recorder,
-            limits.max_image_pixels,
-            limits.max_image_bytes,
+    """A reader owning ``file`` from now on. If this raises, the file stays the caller's to close."""
+    name = file.real_path.lower()
+    if name.endswith(NAMED_EXTENSIONS):
+        raise Unsupported(
+            "multi-file slide formats (MRXS, VMS, VMU) are not served: OpenSlide opens their "
+            "companion files by name, which cannot be confined to the data root; convert the "
+            "slide to a pyramidal TIFF",
+            field=FIELD,
         )
+    head = pread_exact(file, min(8, file.size), 0)
+    recorder.record(bytes_read=len(head))
+    if name.endswith(SLIDE_EXTENSIONS):
+        if head.startswith(_TIFF_MAGIC):
+            check_segments(file, recorder)  # OpenSlide aborts the process on sizes tifffile can refuse first
+        return SlideReader(file, cache, recorder, slide_cache)
+    if head.startswith(_TIFF_MAGIC):
+        return TiffReader(file, cache, recorder)
+    if head.startswith(_PLAIN_MAGIC):
+        return PlainReader(file, cache, recorder, limits.max_image_pixels, limits.max_image_bytes)
     raise InvalidInput(f"not a readable image: tile references accept {', '.join(FORMATS)}", field=FIELD)

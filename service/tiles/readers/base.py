@@ -9,16 +9,42 @@ a plain PNG is a pyramid of one level made of one tile.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from collections.abc import Hashable
+import logging
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 
+from service.errors import InvalidInput, ServiceError, clip
 from service.tiles.cache import TileCache
+from service.tiles.paths import FIELD, ConfinedFile
 from service.tiles.stats import Recorder
 
+log = logging.getLogger(__name__)
 _PIL_MODES = {1: "L", 3: "RGB"}
+
+
+@contextlib.contextmanager
+def unreadable_is_invalid(what: str, expected: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Turn a parser's or decoder's failure on a client's file into InvalidInput.
+
+    The file is at fault, not the server, so the request gets INVALID_ARGUMENT
+    and never INTERNAL. ``expected`` are the errors the library raises on bad
+    input; any other exception is refused too (a hostile file must not reach
+    the client as an internal error) but logged with its traceback, because it
+    may be a bug in the library or in the reader.
+    """
+    try:
+        yield
+    except ServiceError:
+        raise
+    except expected as err:
+        raise InvalidInput(f"{what}: {clip(str(err))}", field=FIELD) from None
+    except Exception as err:
+        log.warning("%s: unexpected %s, refused as invalid input", what, type(err).__name__, exc_info=True)
+        raise InvalidInput(f"{what}: {type(err).__name__}: {clip(str(err))}", field=FIELD) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +55,22 @@ class LevelGrid:
     width: int
     tile_height: int
     tile_width: int
+
+    def __post_init__(self) -> None:
+        # sizes come from the file: a zero or negative one is a corrupt file, not a division by zero later
+        if min(self.height, self.width, self.tile_height, self.tile_width) <= 0:
+            raise InvalidInput(
+                f"corrupt image: a level of {self.width}x{self.height} pixels in tiles of "
+                f"{self.tile_width}x{self.tile_height}",
+                field=FIELD,
+            )
+
+    def tile_shape(self, row: int, col: int) -> tuple[int, int]:
+        """(height, width) of tile (row, col): edge tiles stop at the level's border."""
+        return (
+            min(self.tile_height, self.height - row * self.tile_height),
+            min(self.tile_width, self.width - col * self.tile_width),
+        )
 
 
 def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
@@ -46,15 +88,25 @@ def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
 
 
 class Reader(abc.ABC):
-    """A pyramid of tiled levels; level 0 is full resolution."""
+    """A pyramid of tiled levels; level 0 is full resolution.
+
+    A reader owns its file once constructed (``close`` releases it); a
+    constructor that raises leaves the file to its caller.
+    """
 
     format_name: str  # shown in errors and logs, e.g. "TIFF", "SVS", "PNG"
 
-    def __init__(self, identity: Hashable, cache: TileCache, grids: list[LevelGrid], channels: int) -> None:
-        self._identity = identity
+    def __init__(self, file: ConfinedFile, cache: TileCache, grids: list[LevelGrid], channels: int) -> None:
+        if not grids:
+            raise InvalidInput("corrupt image: no pyramid levels", field=FIELD)
+        self.file = file
         self._cache = cache
         self.grids = grids
         self.native_channels = channels
+
+    def close(self) -> None:
+        """Release the file and whatever the format holds; once no request uses the reader."""
+        self.file.close()
 
     @property
     def level_shapes(self) -> list[tuple[int, int]]:
@@ -65,9 +117,21 @@ class Reader(abc.ABC):
         """Decode tile (row, col) of ``level`` as (h, w, native channels) uint8,
         recording bytes read and tiles decoded."""
 
+    def _checked_tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
+        """The decoded tile, refused unless it is exactly the pixels the grid promises."""
+        tile = self._load_tile(level, row, col, recorder)
+        expected = (*self.grids[level].tile_shape(row, col), self.native_channels)
+        if tile.shape != expected or tile.dtype != np.uint8:
+            raise InvalidInput(
+                f"corrupt {self.format_name} tile ({row}, {col}) of level {level}: decoded to "
+                f"{tile.shape} {tile.dtype}, expected {expected} uint8",
+                field=FIELD,
+            )
+        return tile
+
     def _tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
         tile, hit = self._cache.get(
-            (self._identity, level, row, col), lambda: self._load_tile(level, row, col, recorder)
+            (self.file.identity, level, row, col), lambda: self._checked_tile(level, row, col, recorder)
         )
         recorder.record(cache_hits=int(hit), cache_misses=int(not hit))
         return tile

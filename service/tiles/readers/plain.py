@@ -12,41 +12,37 @@ service/tiles/README.md).
 from __future__ import annotations
 
 import io
-from collections.abc import Hashable
+import struct
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from service.errors import InvalidInput, TooLarge
+from service.errors import TooLarge
 from service.tiles.cache import TileCache
-from service.tiles.paths import FIELD
-from service.tiles.readers.base import LevelGrid, Reader
+from service.tiles.paths import FIELD, ConfinedFile
+from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
 
 _JPEG_REDUCTIONS = (1, 2, 4, 8)
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+# What Pillow raises on malformed files (UnidentifiedImageError is an OSError);
+# anything else is refused too, but logged.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
 
 
 class PlainReader(Reader):
     def __init__(
-        self,
-        fd: int,
-        size: int,
-        identity: Hashable,
-        cache: TileCache,
-        recorder: Recorder,
-        max_pixels: int,
-        max_bytes: int,
+        self, file: ConfinedFile, cache: TileCache, recorder: Recorder, max_pixels: int, max_bytes: int
     ) -> None:
-        self._file = CountingFile(fd, size, None)
+        size = file.size
         if size > max_bytes:
             raise TooLarge(
                 f"{size} bytes exceed the server limit of {max_bytes} bytes for an image "
                 "decoded whole; tile it as a pyramidal TIFF",
                 field=FIELD,
             )
-        with self._open(CountingFile(fd, size, recorder, owns_fd=False)) as image:
+        with self._open(CountingFile(file.fd, size, recorder)) as image:
             width, height = image.size
             if height * width > max_pixels:
                 raise TooLarge(
@@ -66,44 +62,32 @@ class PlainReader(Reader):
             h, w = -(-height // reduction), -(-width // reduction)
             grids.append(LevelGrid(h, w, h, w))
         self._reductions = reductions
-        super().__init__(identity, cache, grids, 1 if self._mode == "L" else 3)
+        super().__init__(file, cache, grids, 1 if self._mode == "L" else 3)
 
     @staticmethod
     def _open(source: CountingFile | io.BytesIO) -> Image.Image:
         """Pillow's lazy open: reads the header only."""
-        try:
-            # Pillow reads any binary file object; its annotation asks for IO[bytes]
-            return Image.open(source, formats=("PNG", "JPEG"))  # type: ignore[arg-type]
-        except Image.DecompressionBombError:
-            raise TooLarge(
-                "image exceeds the server's pixel limit for an image decoded whole; tile it as a "
-                "pyramidal TIFF",
-                field=FIELD,
-            ) from None
-        except UnidentifiedImageError:
-            raise InvalidInput("not a readable PNG or JPEG image", field=FIELD) from None
+        with unreadable_is_invalid("not a readable PNG or JPEG image", _PILLOW_ERRORS):
+            try:
+                # Pillow reads any binary file object; its annotation asks for IO[bytes]
+                return Image.open(source, formats=("PNG", "JPEG"))  # type: ignore[arg-type]
+            except Image.DecompressionBombError:
+                raise TooLarge(
+                    "image exceeds the server's pixel limit for an image decoded whole; tile it as a "
+                    "pyramidal TIFF",
+                    field=FIELD,
+                ) from None
 
     def _load_tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
-        data = pread_exact(self._file.fd, self._file.size, 0)
+        data = pread_exact(self.file, self.file.size, 0)
         recorder.record(bytes_read=len(data), tiles_decoded=1)
-        grid = self.grids[level]
-        with self._open(io.BytesIO(data)) as image:
-            try:
-                if level:  # Pillow picks the largest reduction r with size // r >= the size asked for
-                    reduction = self._reductions[level]
-                    image.draft(
-                        image.mode, (self._full_size[0] // reduction, self._full_size[1] // reduction)
-                    )
-                image.load()
-                pixels = np.asarray(image.convert(self._mode))
-            except (OSError, SyntaxError, ValueError, EOFError) as err:
-                raise InvalidInput(
-                    f"corrupt or truncated {self.format_name} image: {err}", field=FIELD
-                ) from None
-        if pixels.shape[:2] != (grid.height, grid.width):
-            raise InvalidInput(
-                f"{self.format_name} decoded at level {level} to {pixels.shape[:2]}, "
-                f"expected {(grid.height, grid.width)}",
-                field=FIELD,
-            )
-        return pixels.reshape(grid.height, grid.width, self.native_channels)
+        with (
+            self._open(io.BytesIO(data)) as image,
+            unreadable_is_invalid(f"corrupt or truncated {self.format_name} image", _PILLOW_ERRORS),
+        ):
+            if level:  # Pillow picks the largest reduction r with size // r >= the size asked for
+                reduction = self._reductions[level]
+                image.draft(image.mode, (self._full_size[0] // reduction, self._full_size[1] // reduction))
+            image.load()
+            pixels = np.asarray(image.convert(self._mode))
+        return pixels.reshape(*pixels.shape[:2], self.native_channels)

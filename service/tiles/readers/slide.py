@@ -1,4 +1,4 @@
-"""Vendor whole-slide formats (SVS, NDPI, MRXS, ...) through OpenSlide.
+"""Single-file vendor whole-slide formats (SVS, NDPI, SCN, ...) through OpenSlide.
 
 OpenSlide reads regions in level-0 coordinates and hides its own tiles, so
 this reader lays a fixed grid over each level and reads one grid cell per
@@ -6,25 +6,29 @@ this reader lays a fixed grid over each level and reads one grid cell per
 "tiles decoded" counts. OpenSlide does its own file I/O, synchronously in
 the calling thread: the bytes it reads are measured from the kernel's
 per-thread read counter around each call.
+
+OpenSlide opens files by name. It is given ``/proc/self/fd/<fd>`` of the
+confined descriptor, which the kernel resolves to that very file: nothing
+under the data root is looked up by name again. Formats whose companion
+files OpenSlide finds by name next to the slide (MRXS, VMS, VMU) cannot be
+confined that way and are refused (``NAMED_EXTENSIONS``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput
 from service.tiles.cache import TileCache
-from service.tiles.paths import FIELD
-from service.tiles.readers.base import LevelGrid, Reader
-from service.tiles.readers.files import CountingFile
+from service.tiles.paths import ConfinedFile
+from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
 from service.tiles.stats import Recorder, ThreadReadMeter
 
 GRID = 512
-EXTENSIONS = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
+EXTENSIONS = (".svs", ".ndpi", ".scn", ".svslide", ".bif")
+NAMED_EXTENSIONS = (".mrxs", ".vms", ".vmu")
 # OpenSlide's own cache only smooths reads of neighbouring grid cells: the
 # decoded cells live in the shared tile cache.
 _OPENSLIDE_CACHE_BYTES = 16 << 20
@@ -50,43 +54,45 @@ class SlideCache:
 
 class SlideReader(Reader):
     def __init__(
-        self,
-        fd: int,
-        size: int,
-        path: str,
-        identity: Hashable,
-        cache: TileCache,
-        recorder: Recorder,
-        slide_cache: SlideCache,
+        self, file: ConfinedFile, cache: TileCache, recorder: Recorder, slide_cache: SlideCache
     ) -> None:
         import openslide
 
-        self._file = CountingFile(fd, size, None)  # held open: the file cannot be swapped under us
-        try:
-            with ThreadReadMeter() as meter:
-                self._slide = openslide.OpenSlide(path)
-        except openslide.OpenSlideError as err:
-            raise InvalidInput(f"not a readable slide: {err}", field=FIELD) from None
+        with (
+            unreadable_is_invalid("not a readable slide", (openslide.OpenSlideError,)),
+            ThreadReadMeter() as meter,
+        ):
+            self._slide = openslide.OpenSlide(file.proc_path)
         recorder.record(bytes_read=meter.bytes)
-        self._slide.set_cache(slide_cache.get())
-        self.format_name = (self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR) or "slide").upper()
-        self._downsamples = self._slide.level_downsamples
-        grids = [LevelGrid(h, w, GRID, GRID) for w, h in self._slide.level_dimensions]
-        super().__init__(identity, cache, grids, 3)
+        try:
+            with unreadable_is_invalid("not a readable slide", (openslide.OpenSlideError,)):
+                self._slide.set_cache(slide_cache.get())
+                vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
+                self._downsamples = self._slide.level_downsamples
+                grids = [LevelGrid(h, w, GRID, GRID) for w, h in self._slide.level_dimensions]
+            self.format_name = (vendor or "slide").upper()
+            super().__init__(file, cache, grids, 3)
+        except BaseException:
+            self._slide.close()  # the file stays with the caller
+            raise
+
+    def close(self) -> None:
+        self._slide.close()  # first: OpenSlide may reopen the descriptor's /proc name until then
+        super().close()
 
     def _load_tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
         import openslide
 
         grid, downsample = self.grids[level], self._downsamples[level]
         top, left = row * GRID, col * GRID
-        size = (min(GRID, grid.width - left), min(GRID, grid.height - top))
-        try:
-            with ThreadReadMeter() as meter:
-                region = self._slide.read_region(
-                    (round(left * downsample), round(top * downsample)), level, size
-                )
-        except openslide.OpenSlideError as err:
-            raise InvalidInput(f"corrupt slide region at level {level}: {err}", field=FIELD) from None
+        height, width = grid.tile_shape(row, col)
+        with (
+            unreadable_is_invalid(f"corrupt slide region at level {level}", (openslide.OpenSlideError,)),
+            ThreadReadMeter() as meter,
+        ):
+            region = self._slide.read_region(
+                (round(left * downsample), round(top * downsample)), level, (width, height)
+            )
         recorder.record(bytes_read=meter.bytes, tiles_decoded=1)
         rgba = np.asarray(region)
         rgb = rgba[..., :3].copy()

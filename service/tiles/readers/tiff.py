@@ -9,110 +9,292 @@ work too, a strip being a tile as wide as the image, within a size bound.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import dataclasses
+import struct
 
 import numpy as np
 import tifffile
 
 from service.errors import InvalidInput
 from service.tiles.cache import TileCache
-from service.tiles.paths import FIELD
-from service.tiles.readers.base import LevelGrid, Reader
+from service.tiles.paths import FIELD, ConfinedFile
+from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
 
-# A strip or tile decoded larger than this is refused: one segment must not cost a whole image.
+# A strip or tile decoded (or stored) larger than this is refused: one segment must not cost a whole image.
 MAX_SEGMENT_BYTES = 64 << 20
+# IFDs (pages and SubIFDs) in one file: a servable image has a handful (levels, label, macro).
+MAX_PAGES = 1024
+_MAX_TAGS = 4096  # tifffile's own bound on the entries of one IFD
+_SUBIFDS = 330
+_OFFSET_TYPES = {4: "I", 13: "I", 16: "Q", 18: "Q"}  # LONG, IFD, LONG8, IFD8
+# What tifffile raises while it parses a malformed file: it takes tag values as
+# they come (a size may be a tuple, a divisor zero), so fuzzing meets all of these.
+# Only tifffile's own calls are guarded with them; the checks here are not.
+TIFFFILE_ERRORS = (
+    tifffile.TiffFileError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ZeroDivisionError,
+    OverflowError,
+    RuntimeError,
+    struct.error,
+    EOFError,
+    OSError,
+)
+# What the codecs raise on a malformed tile (imagecodecs errors are RuntimeErrors).
+DECODE_ERRORS = (RuntimeError, ValueError, IndexError, EOFError)
 _PHOTOMETRIC = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR}
+_PHOTOMETRIC_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.PHOTOMETRIC}
 
 
-def _level_page(level: tifffile.TiffPageSeries, index: int) -> tifffile.TiffPage:
-    """The one page of a pyramid level, checked to be something we can serve."""
-    if int(np.prod([n for n, axis in zip(level.shape, level.axes, strict=True) if axis not in "YXS"])) != 1:
-        raise InvalidInput(
-            f"TIFF series of shape {level.shape} (axes {level.axes}) has several planes; "
-            "only single-plane grayscale or RGB images are supported",
-            field=FIELD,
+def _check_ifds(file: CountingFile) -> None:
+    """Refuse a TIFF whose chain of pages loops, or whose pages and SubIFDs,
+    counted the way tifffile walks them, exceed ``MAX_PAGES``, before tifffile
+    parses it: it follows a page chain that points back at itself for ever,
+    and parses a SubIFD again for every path that leads to it (a few
+    kilobytes can hold millions of paths, or a cycle)."""
+    file.seek(0)
+    head = file.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\0", b"\0+")
+    if len(head) < (16 if big else 8):
+        return  # too short to point at a first IFD: tifffile refuses it
+    layout = _IfdLayout(order, big)
+    (page,) = struct.unpack_from(order + layout.offset_format, head, 8 if big else 4)
+    pages: set[int] = set()
+    visits = 0
+    while page > 0:
+        if page in pages:
+            raise InvalidInput("corrupt TIFF: its chain of pages loops", field=FIELD)
+        pages.add(page)
+        pending, following = [page], 0
+        while pending:  # the page and the SubIFD tree under it, every path counted
+            visits += 1
+            if visits > MAX_PAGES:
+                raise InvalidInput(
+                    f"TIFF of more than {MAX_PAGES} pages and SubIFDs; not a servable image", field=FIELD
+                )
+            offset = pending.pop()
+            ifd = layout.read(file, offset)
+            if ifd is None and offset == page:
+                return  # malformed page: tifffile refuses it and stops the chain there
+            if ifd is not None:
+                link, below = ifd
+                following = link if offset == page else following
+                pending.extend(below)
+        page = following
+
+
+@dataclasses.dataclass(frozen=True)
+class _IfdLayout:
+    """How IFDs are laid out in a classic TIFF or a BigTIFF of one byte order."""
+
+    order: str
+    big: bool
+
+    @property
+    def offset_format(self) -> str:
+        return "Q" if self.big else "I"
+
+    def read(self, file: CountingFile, offset: int) -> tuple[int, list[int]] | None:
+        """(offset of the next IFD, offsets of its SubIFDs) of the IFD at ``offset``, or None if malformed."""
+        count_format, entry_format = ("Q", "HHQ8s") if self.big else ("H", "HHI4s")
+        count_size = struct.calcsize(self.order + count_format)
+        entry_size = struct.calcsize(self.order + entry_format)
+        link_size = struct.calcsize(self.order + self.offset_format)
+        if offset + count_size > file.size:
+            return None
+        file.seek(offset)
+        (count,) = struct.unpack(self.order + count_format, file.read(count_size))
+        if count > _MAX_TAGS:
+            return None  # tifffile refuses such an IFD
+        data = file.read(count * entry_size + link_size)
+        if len(data) < count * entry_size + link_size:
+            return None
+        below: list[int] = []
+        for tag, kind, number, value in struct.iter_unpack(self.order + entry_format, data[:-link_size]):
+            if tag == _SUBIFDS and kind in _OFFSET_TYPES and 0 < number <= MAX_PAGES:
+                below.extend(_offsets(file, self.order, _OFFSET_TYPES[kind], number, value))
+        (link,) = struct.unpack(self.order + self.offset_format, data[-link_size:])
+        return link, below
+
+
+def _offsets(file: CountingFile, order: str, kind: str, number: int, value: bytes) -> tuple[int, ...]:
+    """The ``number`` offsets of an IFD entry: in its value field if they fit, else where it points."""
+    size = number * struct.calcsize(order + kind)
+    if size > len(value):
+        (at,) = struct.unpack(order + ("I" if len(value) == 4 else "Q"), value)
+        position = file.tell()
+        file.seek(at)
+        value = file.read(size)
+        file.seek(position)
+        if len(value) < size:
+            return ()
+    return struct.unpack_from(f"{order}{number}{kind}", value)
+
+
+def _tag_int(value: object) -> int | None:
+    """A tag value as an int, or None when the file gave something else (a tuple, bytes)."""
+    return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Page:
+    """What the checks here need of one TIFF page, read from tifffile in one guarded place
+    (its properties parse tag values lazily and may raise anything on a malformed file)."""
+
+    page: tifffile.TiffPage
+    dtype: np.dtype | None
+    samples: int | None
+    planar: int | None
+    photometric: int | None
+    depth: int | None
+    tiled: bool
+    sizes: tuple[int | None, ...]  # image length, width; tile (or strip) length, width
+    offsets: int
+    bytecounts: int
+
+    @classmethod
+    def of(cls, page: tifffile.TiffPage) -> _Page:
+        tiled = bool(page.is_tiled)
+        tile = (page.tilelength, page.tilewidth) if tiled else (page.rowsperstrip, page.imagewidth)
+        return cls(
+            page,
+            page.dtype,
+            _tag_int(page.samplesperpixel),
+            _tag_int(page.planarconfig),
+            _tag_int(page.photometric),
+            _tag_int(page.imagedepth),
+            tiled,
+            tuple(_tag_int(size) for size in (page.imagelength, page.imagewidth, *tile)),
+            len(page.dataoffsets),
+            len(page.databytecounts),
         )
-    page = level.keyframe
+
+
+def _servable(page: _Page, planes: int, index: int) -> None:
+    """Refuse a pyramid level this reader cannot serve."""
     problems = []
+    if planes != 1:
+        problems.append(f"several planes ({planes}; only single-plane grayscale or RGB images are supported)")
     if page.dtype != np.uint8:
         problems.append(f"sample type {page.dtype} (uint8 needed)")
-    if page.samplesperpixel not in (1, 3, 4):
-        problems.append(f"{page.samplesperpixel} samples per pixel")
-    if page.samplesperpixel > 1 and page.planarconfig != tifffile.PLANARCONFIG.CONTIG:
+    if page.samples not in (1, 3, 4):
+        problems.append(f"{page.samples} samples per pixel")
+    elif page.samples > 1 and page.planar != tifffile.PLANARCONFIG.CONTIG:
         problems.append("separate colour planes")
     if page.photometric not in _PHOTOMETRIC:
-        problems.append(f"photometric {tifffile.PHOTOMETRIC(page.photometric).name}")
-    if page.imagedepth != 1:
+        problems.append(f"photometric {_PHOTOMETRIC_NAMES.get(page.photometric, str(page.photometric))}")
+    if page.depth != 1:
         problems.append("volumetric tiles")
     if problems:
         raise InvalidInput(f"TIFF level {index} is not servable: {', '.join(problems)}", field=FIELD)
-    return page
 
 
-def _grid(page: tifffile.TiffPage) -> LevelGrid:
-    if page.is_tiled:
-        grid = LevelGrid(page.imagelength, page.imagewidth, page.tilelength, page.tilewidth)
-    else:
-        grid = LevelGrid(
-            page.imagelength, page.imagewidth, min(page.rowsperstrip, page.imagelength), page.imagewidth
-        )
-    if grid.tile_height * grid.tile_width * page.samplesperpixel > MAX_SEGMENT_BYTES:
+def _grid(page: _Page) -> LevelGrid:
+    """The page's grid of tiles (or strips), refused unless sizes, segment bytes and offsets agree."""
+    height, width, tile_height, tile_width = page.sizes
+    if height is None or width is None or tile_height is None or tile_width is None or page.samples is None:
+        raise InvalidInput("corrupt TIFF: malformed size tags", field=FIELD)
+    # a strip may claim more rows than the image has; a tile's size is what its decoder allocates
+    grid = LevelGrid(height, width, tile_height if page.tiled else min(tile_height, height), tile_width)
+    if grid.tile_height * grid.tile_width * page.samples > MAX_SEGMENT_BYTES:
         raise InvalidInput(
             f"TIFF segments of {grid.tile_width}x{grid.tile_height} pixels are too large to "
             "read by region; save the image tiled (e.g. 256x256 tiles)",
             field=FIELD,
         )
     expected = -(-grid.height // grid.tile_height) * -(-grid.width // grid.tile_width)
-    if len(page.dataoffsets) != expected or len(page.databytecounts) != expected:
+    if page.offsets != expected or page.bytecounts != expected:
         raise InvalidInput(
-            f"corrupt TIFF: {len(page.dataoffsets)} segment offsets for {expected} segments", field=FIELD
+            f"corrupt TIFF: {page.offsets} segment offsets for {expected} segments", field=FIELD
         )
     return grid
+
+
+def _parse(file: CountingFile) -> tifffile.TiffFile:
+    with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
+        _check_ifds(file)
+        file.seek(0)  # tifffile takes the position it is handed as the start of the file
+        # tifffile reads any binary file object; its annotation asks for IO[bytes]
+        tif = tifffile.TiffFile(file)  # type: ignore[arg-type]
+        tif.series  # noqa: B018  (parsed now, inside the guard)
+    return tif
+
+
+def check_segments(file: ConfinedFile, recorder: Recorder) -> None:
+    """Refuse a TIFF-based slide before OpenSlide reads it if any page's tiles
+    (or strips) are empty, inconsistent or larger than ``MAX_SEGMENT_BYTES``:
+    OpenSlide sizes its buffers from them and aborts the whole process when
+    an allocation fails. NDPI strips are exempt (OpenSlide cuts them at the
+    JPEG restart markers, and a level is one strip)."""
+    with _parse(CountingFile(file.fd, file.size, recorder)) as tif:
+        with unreadable_is_invalid("not a readable slide", TIFFFILE_ERRORS):
+            pages, ndpi = [_Page.of(page) for page in tif.pages], tif.is_ndpi
+        for page in pages:
+            if page.tiled or not ndpi:
+                _grid(page)
 
 
 class TiffReader(Reader):
     format_name = "TIFF"
 
-    def __init__(self, fd: int, size: int, identity: Hashable, cache: TileCache, recorder: Recorder) -> None:
-        self._file = CountingFile(fd, size, recorder)
+    def __init__(self, file: ConfinedFile, cache: TileCache, recorder: Recorder) -> None:
+        self._file = CountingFile(file.fd, file.size, recorder)
+        self._tif = _parse(self._file)
         try:
-            # tifffile reads any binary file object; its annotation asks for IO[bytes]
-            self._tif = tifffile.TiffFile(self._file)  # type: ignore[arg-type]
-            levels = self._tif.series[0].levels
-            self._pages = [_level_page(level, i) for i, level in enumerate(levels)]
-        except InvalidInput:
-            self._file.close()
+            with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
+                levels = self._tif.series[0].levels
+                planes = [
+                    int(
+                        np.prod(
+                            [n for n, axis in zip(level.shape, level.axes, strict=True) if axis not in "YXS"]
+                        )
+                    )
+                    for level in levels
+                ]
+                pages = [_Page.of(level.keyframe) for level in levels]
+            for index, (page, count) in enumerate(zip(pages, planes, strict=True)):
+                _servable(page, count, index)
+            grids = [_grid(page) for page in pages]  # sizes checked before tifffile divides by them
+            self._pages = [page.page for page in pages]
+            with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
+                for built in self._pages:  # read lazy tags and build decoders now, not in request threads
+                    built.jpegtables, built.decode  # noqa: B018
+                self.format_name = (
+                    "OME-TIFF" if self._tif.is_ome else "BIGTIFF" if self._tif.is_bigtiff else "TIFF"
+                )
+            super().__init__(file, cache, grids, self._pages[0].samplesperpixel)
+        except BaseException:
+            self._tif.close()
             raise
-        except Exception as err:  # tifffile raises many types on malformed files
-            self._file.close()
-            raise InvalidInput(f"not a readable TIFF: {err}", field=FIELD) from None
-        for page in self._pages:  # load lazily read tags and build decoders now, not in request threads
-            page.dataoffsets, page.databytecounts, page.jpegtables, page.decode  # noqa: B018
         self._file.recorder = None  # structure parsed by the opening request; tiles are counted per read
-        if self._tif.is_ome:
-            self.format_name = "OME-TIFF"
-        elif self._tif.is_bigtiff:
-            self.format_name = "BIGTIFF"
-        super().__init__(identity, cache, [_grid(p) for p in self._pages], self._pages[0].samplesperpixel)
+
+    def close(self) -> None:
+        self._tif.close()
+        super().close()
 
     def _load_tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:
         page, grid = self._pages[level], self.grids[level]
         index = row * -(-grid.width // grid.tile_width) + col
-        height = min(grid.tile_height, grid.height - row * grid.tile_height)
-        width = min(grid.tile_width, grid.width - col * grid.tile_width)
-        count, offset = page.databytecounts[index], page.dataoffsets[index]
+        height, width = grid.tile_shape(row, col)
+        count, offset = int(page.databytecounts[index]), int(page.dataoffsets[index])
         if count == 0:  # sparse file: a tile never written is empty
             return np.zeros((height, width, self.native_channels), np.uint8)
-        data = pread_exact(self._file.fd, count, offset)
+        if count > MAX_SEGMENT_BYTES:
+            raise InvalidInput(
+                f"corrupt TIFF: tile {index} of level {level} claims {count} bytes", field=FIELD
+            )
+        data = pread_exact(self.file, count, offset)
         recorder.record(bytes_read=count, tiles_decoded=1)
-        try:
+        with unreadable_is_invalid(f"corrupt TIFF tile {index} of level {level}", DECODE_ERRORS):
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        except Exception as err:
-            raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: {err}", field=FIELD) from None
-        if segment is None:
-            raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: no pixels", field=FIELD)
-        tile = np.asarray(segment).reshape(segment.shape[-3:])
+            if segment is None:
+                raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: no pixels", field=FIELD)
+            tile = np.asarray(segment).reshape(segment.shape[-3:])
         # edge tiles are stored padded: keep (and account for) only their pixels
         return tile if tile.shape[:2] == (height, width) else tile[:height, :width].copy()
