@@ -80,7 +80,10 @@ def _ome(rgb: np.ndarray) -> bytes:
     """An OME-TIFF pyramid: the full image with a half-size level in a SubIFD."""
     buffer = io.BytesIO()
     with tifffile.TiffWriter(buffer, ome=True) as tif:
-        tif.write(rgb, photometric="rgb", tile=(16, 16), compression="zlib", subifds=1)
+        # a fixed UUID: tifffile draws one per file otherwise, and the seed must not change
+        uuid = "urn:uuid:00000000-0000-0000-0000-000000000000"
+        tiles = {"tile": (16, 16), "compression": "zlib"}
+        tif.write(rgb, photometric="rgb", subifds=1, metadata={"UUID": uuid}, **tiles)
         tif.write(rgb[::2, ::2], photometric="rgb", subfiletype=1, compression="zlib")
     return buffer.getvalue()
 
@@ -114,7 +117,8 @@ def seeds() -> dict[str, bytes]:
         "tiff-packbits-palette.tif": _pillow(palette, "TIFF", compression="packbits"),
         "tiff-jpeg-ycbcr.tif": _pillow(image, "TIFF", compression="jpeg"),
         "tiff-cmyk.tif": _pillow(image.convert("CMYK"), "TIFF"),
-        "tiff-lab.tif": _pillow(image.convert("LAB"), "TIFF"),
+        # from the array: Pillow's LAB conversion adds an ICC profile stamped with the time
+        "tiff-lab.tif": _pillow(Image.fromarray(np.asarray(image.convert("LAB")), "LAB"), "TIFF"),
         "tiff-1bit-group4.tif": _pillow(image.convert("1"), "TIFF", compression="group4"),
         "tiff-tiled-deflate.tif": _tifffile(rgb, photometric="rgb", tile=(16, 16), compression="zlib"),
         "tiff-grey16-big-endian.tif": _tifffile(wide(rgb[..., 0]).astype(">u2")),

@@ -7,10 +7,10 @@ Target ``NAME`` is the module ``tests.fuzz.atheris_NAME``, which defines
 ``seeds() -> dict[str, bytes]``; its corpus is tests/fuzz/corpus/NAME/
 (filled with the seeds when empty). A run fuzzes a copy of the corpus, then
 libFuzzer's merge keeps the smallest set of inputs that covers everything
-reached (seeds keep their names, new inputs are named by their SHA-1), and
-that set replaces the corpus: commit it, and tests/fuzz/test_fuzz_corpus.py
-replays it in CI. Findings are written to the artifact directory printed at
-the end, and the exit status is libFuzzer's (non-zero on a finding).
+reached (named by their SHA-1); that set and the seeds (by name) replace the
+corpus: commit it, and tests/fuzz/test_fuzz_corpus.py replays it in CI.
+Findings are written to the artifact directory printed at the end, and the
+exit status is libFuzzer's (non-zero on a finding).
 
 Pillow, the service and tifffile are instrumented, so coverage of their
 Python code guides the search; their C decoders are exercised but not seen.
@@ -70,26 +70,29 @@ def _run_libfuzzer(target: str, *flags: str) -> int:
     return subprocess.run([*shlex.split(_inner_command(target)), *flags], cwd=ROOT).returncode
 
 
-def _write_seeds(module: ModuleType, corpus: pathlib.Path) -> None:
+def _write_seeds(seeds: dict[str, bytes], corpus: pathlib.Path) -> None:
     corpus.mkdir(parents=True, exist_ok=True)
-    for name, data in module.seeds().items():
+    for name, data in seeds.items():
         (corpus / name).write_bytes(data)
 
 
 def _replace_corpus(corpus: pathlib.Path, merged: pathlib.Path, seeds: dict[str, bytes]) -> None:
-    """``merged`` becomes the corpus; inputs equal to a seed get the seed's name back."""
-    names = {hashlib.sha1(data).hexdigest(): name for name, data in seeds.items()}
+    """The seeds and ``merged`` become the corpus (the seeds stay, named, even
+    when merging found their coverage elsewhere: one valid file per format)."""
     for old in corpus.iterdir():
         old.unlink()
+    _write_seeds(seeds, corpus)
+    known = {hashlib.sha1(data).hexdigest() for data in seeds.values()}
     for new in merged.iterdir():
-        shutil.copyfile(new, corpus / names.get(new.name, new.name))
+        if new.name not in known:
+            shutil.copyfile(new, corpus / new.name)
 
 
 def fuzz(target: str, minutes: float, corpus: pathlib.Path, artifacts: pathlib.Path) -> int:
     """Fuzz ``target`` for ``minutes``, then minimise ``corpus``; libFuzzer's exit status."""
     module = importlib.import_module(f"tests.fuzz.atheris_{target}")
     if not corpus.is_dir() or not any(corpus.iterdir()):
-        _write_seeds(module, corpus)
+        _write_seeds(module.seeds(), corpus)
     artifacts.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{target}-") as scratch:
         work, merged = pathlib.Path(scratch, "work"), pathlib.Path(scratch, "merged")
