@@ -164,16 +164,27 @@ def _with_tag(data: bytes, tag: int, value: int) -> bytes:
     raise ValueError(f"no tag {tag}")
 
 
+def _jpeg_frames_claiming(data: bytes, side: int) -> bytes:
+    """``data`` with every JPEG frame header (SOF0) claiming ``side`` x ``side`` pixels."""
+    forged = bytearray(data)
+    at = forged.find(b"\xff\xc0")
+    while at >= 0:
+        struct.pack_into(">HH", forged, at + 5, side, side)
+        at = forged.find(b"\xff\xc0", at + 1)
+    return bytes(forged)
+
+
 def seeds() -> dict[str, bytes]:
     """Small valid and near-valid files of every format the tile path reads, by name."""
     rng = np.random.default_rng(0)
     gray = np.kron(rng.integers(0, 256, (6, 5), dtype=np.uint8), np.ones((8, 8), np.uint8))  # 48x40
     rgb = np.kron(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # 32x32
     tiled = _tiff(gray, levels=2, tile=(16, 16), compression="zlib")
+    rgb_jpeg = _tiff(rgb, levels=2, tile=(16, 16), compression="jpeg", photometric="rgb")
     return {
         "tiled.tif": tiled,
         "strips.tif": _tiff(gray, rowsperstrip=8),
-        "rgb_jpeg.tif": _tiff(rgb, levels=2, tile=(16, 16), compression="jpeg", photometric="rgb"),
+        "rgb_jpeg.tif": rgb_jpeg,
         "big.tif": _tiff(gray, levels=2, tile=(16, 16), bigtiff=True),
         "ome.tif": _ome(rgb),
         "slide.svs": _aperio(rgb),
@@ -182,4 +193,5 @@ def seeds() -> dict[str, bytes]:
         "tile_width_0.tif": _with_tag(tiled, 322, 0),
         "truncated.tif": tiled[: len(tiled) // 2],
         "bigtiff_header.tif": b"II+\0\x08\0\0\0" + struct.pack("<Q", 16),
+        "jpeg_tiles_claiming_65000.tif": _jpeg_frames_claiming(rgb_jpeg, 65000),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gc
+import io
 import os
 import pathlib
 import shutil
@@ -20,19 +21,22 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+import imagecodecs
 import numpy as np
 import pytest
 import tensorflow as tf
 import tifffile
+from PIL import Image
 
 from ats_client import AtsClient, AtsError
 from bench.common import ServerProcess
-from service.errors import Code, ServiceError
+from service.errors import Code, InvalidInput, ServiceError
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
 from service.tiles.opener import MAX_OPEN_READERS
 from service.tiles.paths import DataRoot
+from service.tiles.readers import frames
 from tests.fuzz.atheris_tiles import DOCUMENTED, exercise, fuzz_one, seeds, tiff_entries
 from tests.support import TINY_MODEL
 
@@ -246,6 +250,82 @@ def test_symlink_swapped_during_requests_never_reads_outside(
     assert set(outcomes) <= {"inside", "PERMISSION_DENIED"}, outcomes
     # the race really ran: the link was met both ways
     assert min(outcomes["inside"], outcomes["PERMISSION_DENIED"]) >= 10, outcomes
+
+
+# -- image codecs ---------------------------------------------------------------------
+ENCODERS = {
+    "jpeg": imagecodecs.jpeg8_encode,
+    "jpeg2000": imagecodecs.jpeg2k_encode,
+    "webp": imagecodecs.webp_encode,
+    "png": imagecodecs.png_encode,
+}
+
+
+def pillow_webp(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "WEBP", quality=80)  # lossy; with alpha: extended (VP8X)
+    return buffer.getvalue()
+
+
+def test_announced_sizes_are_read_from_every_checked_codec() -> None:
+    rgb = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((30, 40, 1), 128, np.uint8)], axis=-1)
+    streams = {
+        "jpeg": (frames.jpeg, imagecodecs.jpeg8_encode(rgb)),
+        "jpeg2000": (frames.jpeg2000, imagecodecs.jpeg2k_encode(rgb)),
+        "png": (frames.png, imagecodecs.png_encode(rgb)),
+        "webp VP8L": (frames.webp, imagecodecs.webp_encode(rgb, lossless=True)),
+        "webp VP8": (frames.webp, pillow_webp(rgb)),
+        "webp VP8X": (frames.webp, pillow_webp(rgba)),
+    }
+    for name, (announced_size, stream) in streams.items():
+        assert announced_size(stream) == (30, 40), name
+        assert announced_size(stream[: len(stream) // 8]) in (None, (30, 40)), name  # cut: never garbage
+    assert frames.jpeg(b"\xff\xd8\xff\xda\x00\x02") is None  # a scan before any frame header
+
+
+@pytest.mark.parametrize("codec", sorted(ENCODERS))
+def test_tiles_whose_stream_announces_more_than_the_tile_are_refused(
+    tmp_path: pathlib.Path, codec: str
+) -> None:
+    encode, rng = ENCODERS[codec], np.random.default_rng(4)
+    tiles = [encode(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    for name, first in (("honest.tif", tiles[0]), ("forged.tif", encode(np.zeros((48, 48, 3), np.uint8)))):
+        tifffile.imwrite(
+            tmp_path / name,
+            iter([first, *tiles[1:]]),  # encoded segments, written as they are
+            shape=(32, 32, 3),
+            dtype=np.uint8,
+            tile=(16, 16),
+            compression=codec,
+            photometric="rgb",
+        )
+    opener = TileOpener(str(tmp_path), 1 << 20)
+    exercise(opener, "honest.tif")
+    with pytest.raises(InvalidInput, match=r"announces \(48, 48\) image size, the tile is 16x16"):
+        exercise(opener, "forged.tif")
+
+
+def test_jpeg_tile_announcing_gigapixels_is_refused_before_decoding(tmp_path: pathlib.Path) -> None:
+    """A 4 KB file whose JPEG tiles claim 65000 x 65000 pixels: decoded, that is
+    12 GB and minutes; refused from the frame header, it is milliseconds."""
+    (tmp_path / "bomb.tif").write_bytes(seeds()["jpeg_tiles_claiming_65000.tif"])
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match=r"announces \(65000, 65000\)"):
+        exercise(TileOpener(str(tmp_path), 1 << 20), "bomb.tif")
+    assert time.monotonic() - started < 5
+
+
+def test_image_codecs_whose_size_is_not_checked_are_not_served(tmp_path: pathlib.Path) -> None:
+    tifffile.imwrite(
+        tmp_path / "jxl.tif",
+        np.zeros((32, 32, 3), np.uint8),
+        tile=(16, 16),
+        compression="jpegxl",
+        photometric="rgb",
+    )
+    with pytest.raises(InvalidInput, match="compression JPEGXL"):
+        exercise(TileOpener(str(tmp_path), 1 << 20), "jxl.tif")
 
 
 # -- mutations -------------------------------------------------------------------------

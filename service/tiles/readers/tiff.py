@@ -18,6 +18,7 @@ import tifffile
 from service.errors import InvalidInput
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD, ConfinedFile
+from service.tiles.readers import frames
 from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
@@ -49,6 +50,7 @@ TIFFFILE_ERRORS = (
 DECODE_ERRORS = (RuntimeError, ValueError, IndexError, EOFError)
 _PHOTOMETRIC = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR}
 _PHOTOMETRIC_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.PHOTOMETRIC}
+_COMPRESSION_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.COMPRESSION}
 
 
 def _check_ifds(file: CountingFile) -> None:
@@ -153,6 +155,7 @@ class _Page:
     planar: int | None
     photometric: int | None
     depth: int | None
+    compression: int | None
     tiled: bool
     sizes: tuple[int | None, ...]  # image length, width; tile (or strip) length, width
     offsets: int
@@ -169,6 +172,7 @@ class _Page:
             _tag_int(page.planarconfig),
             _tag_int(page.photometric),
             _tag_int(page.imagedepth),
+            _tag_int(page.compression),
             tiled,
             tuple(_tag_int(size) for size in (page.imagelength, page.imagewidth, *tile)),
             len(page.dataoffsets),
@@ -189,6 +193,8 @@ def _servable(page: _Page, planes: int, index: int) -> None:
         problems.append("separate colour planes")
     if page.photometric not in _PHOTOMETRIC:
         problems.append(f"photometric {_PHOTOMETRIC_NAMES.get(page.photometric, str(page.photometric))}")
+    if page.compression in tifffile.TIFF.IMAGE_COMPRESSIONS and page.compression not in frames.CHECKED:
+        problems.append(f"compression {_COMPRESSION_NAMES.get(page.compression, str(page.compression))}")
     if page.depth != 1:
         problems.append("volumetric tiles")
     if problems:
@@ -262,6 +268,7 @@ class TiffReader(Reader):
                 _servable(page, count, index)
             grids = [_grid(page) for page in pages]  # sizes checked before tifffile divides by them
             self._pages = [page.page for page in pages]
+            self._announced_size = [frames.CHECKED.get(page.compression or 0) for page in pages]
             with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
                 for built in self._pages:  # read lazy tags and build decoders now, not in request threads
                     built.jpegtables, built.decode  # noqa: B018
@@ -291,6 +298,15 @@ class TiffReader(Reader):
             )
         data = pread_exact(self.file, count, offset)
         recorder.record(bytes_read=count, tiles_decoded=1)
+        announced_size = self._announced_size[level]
+        if announced_size is not None:  # an image codec allocates what its stream announces
+            announced = announced_size(data)
+            if announced is None or announced[0] > grid.tile_height or announced[1] > grid.tile_width:
+                raise InvalidInput(
+                    f"corrupt TIFF tile {index} of level {level}: its stream announces "
+                    f"{announced or 'no'} image size, the tile is {grid.tile_height}x{grid.tile_width}",
+                    field=FIELD,
+                )
         with unreadable_is_invalid(f"corrupt TIFF tile {index} of level {level}", DECODE_ERRORS):
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
             if segment is None:
