@@ -103,7 +103,10 @@ def _pillow(pixels: np.ndarray, image_format: str) -> bytes:
 def _ome(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     with tifffile.TiffWriter(buffer, ome=True) as tif:
-        tif.write(pixels, subifds=1, tile=(16, 16), photometric="rgb", compression="zlib")
+        uuid = "urn:uuid:00000000-0000-0000-0000-000000000001"  # tifffile draws one per file otherwise
+        tif.write(
+            pixels, subifds=1, tile=(16, 16), photometric="rgb", compression="zlib", metadata={"UUID": uuid}
+        )
         tif.write(pixels[::2, ::2], subfiletype=1, tile=(16, 16), photometric="rgb", compression="zlib")
     return buffer.getvalue()
 
