@@ -128,13 +128,12 @@ def drop_variables(version: pathlib.Path) -> None:
 
 
 def edit_metadata(**changes: object) -> Callable[[pathlib.Path], None]:
+    """Rewrites ats_model.json with ``changes`` (a None value removes the key)."""
+
     def edit(version: pathlib.Path) -> None:
         path = version / "ats_model.json"
-        metadata = json.loads(path.read_text())
-        metadata.update(changes)
-        for key in [k for k, v in changes.items() if v is None]:
-            del metadata[key]
-        path.write_text(json.dumps(metadata))
+        metadata = {**json.loads(path.read_text()), **changes}
+        path.write_text(json.dumps({k: v for k, v in metadata.items() if v is not None}))
 
     return edit
 
