@@ -133,7 +133,7 @@ def edit_metadata(**changes: object) -> Callable[[pathlib.Path], None]:
     def edit(version: pathlib.Path) -> None:
         path = version / "ats_model.json"
         metadata = {**json.loads(path.read_text()), **changes}
-        path.write_text(json.dumps({k: v for k, v in metadata.items() if v is not None}))
+        path.write_text(json.dumps({k: v for k, v in metadata.items() if k not in changes or v is not None}))
 
     return edit
 
