@@ -49,11 +49,35 @@ class ImageSource(abc.ABC):
         pixels outside the image are zeros."""
 
 
+# TensorFlow's kernels need tensor buffers aligned to this many bytes.
+_ALIGNMENT = 64
+
+
+def shared_tensor(pixels: np.ndarray) -> tf.Tensor:
+    """``pixels`` with a batch axis as a tensor that shares their memory.
+
+    ``tf.convert_to_tensor`` copies into TensorFlow's allocator, which with
+    oneDNN keeps large blocks in a pool and never gives them back: after one
+    100 MP image, 200 MB stay resident for good. Handing TensorFlow the NumPy
+    buffer through DLPack instead lets the memory go back to the system with
+    the array. The buffer is copied once here if it is read-only or not
+    aligned as TensorFlow's kernels require.
+    """
+    batched = pixels[np.newaxis]
+    if not batched.flags.writeable or batched.ctypes.data % _ALIGNMENT or not batched.flags.c_contiguous:
+        raw = np.empty(batched.nbytes + _ALIGNMENT, np.uint8)
+        start = -raw.ctypes.data % _ALIGNMENT
+        aligned = raw[start : start + batched.nbytes].view(batched.dtype).reshape(batched.shape)
+        aligned[...] = batched
+        batched = aligned
+    return tf.experimental.dlpack.from_dlpack(batched.__dlpack__())
+
+
 class InMemorySource(ImageSource):
     """A decoded image held as one uint8 array."""
 
     def __init__(self, pixels: np.ndarray) -> None:
-        self._pixels = tf.convert_to_tensor(pixels[np.newaxis])
+        self._pixels = shared_tensor(pixels)
 
     @property
     def shape(self) -> tuple[int, int, int]:
