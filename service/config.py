@@ -85,6 +85,30 @@ class Config:
         return pathlib.Path(self.model_repository) if self.model_repository else default_model_repository()
 
 
+# Resident memory of an idle server with the shipped model, after it served
+# a maximum-size image once (TensorFlow's oneDNN pool keeps the attention
+# network's high-water mark): measured in bench/results/reliability.md.
+IDLE_FOOTPRINT_BYTES = 1 << 30
+# Messages gRPC may be receiving at once before a handler charges them.
+RECEIVING_MESSAGES = 2
+
+
+def memory_ceiling(config: Config) -> int:
+    """The memory a server with ``config`` may use at most: the one formula
+    container limits are derived from (docker/k8s/deployment.yaml, compose).
+
+    idle footprint + decoded-pixel budget + upload budget + tile cache
+    + messages being received (RECEIVING_MESSAGES x --max-message-bytes)
+    """
+    return (
+        IDLE_FOOTPRINT_BYTES
+        + config.memory_budget_bytes
+        + config.upload_budget_bytes
+        + config.tile_cache_bytes
+        + RECEIVING_MESSAGES * config.max_message_bytes
+    )
+
+
 def env_name(field: str) -> str:
     return "ATS_" + field.upper()
 

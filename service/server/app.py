@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from ats_api.v1 import attention_sampling_pb2 as pb
 from service.admission import Admission
 from service.budget import MemoryBudget
-from service.config import Config
+from service.config import Config, memory_ceiling
 from service.dataplane import DataPlane
 from service.metrics import Metrics, MetricsEndpoint
 from service.models.repository import ModelRegistry, State
@@ -166,6 +166,11 @@ class Server:
             )
         self._on_loop(self._grpc.start())
         threading.Thread(target=self._watch_vitals, name="vitals", daemon=True).start()
+        log.info(
+            "memory ceiling %.1f GiB (idle footprint + memory budget + upload budget + tile cache + "
+            "messages being received): the container's memory limit should be at least this",
+            memory_ceiling(self.config) / (1 << 30),
+        )
         log.info(
             "gRPC listening on %s:%d, metrics on %s:%s; repository %s",
             self.config.host,

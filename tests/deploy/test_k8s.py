@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import Config, env_name
+from service.config import Config, env_name, load_config, memory_ceiling
 from tests.deploy.test_docker import stage
 from tests.support import REPO_ROOT
 
@@ -101,6 +101,33 @@ def test_resources_have_requests_and_limits():
     resources = container()["resources"]
     for key in ("cpu", "memory"):
         assert key in resources["requests"] and key in resources["limits"], key
+
+
+def config_from(env: dict[str, str]) -> Config:
+    config, _ = load_config([], environ=env)
+    return config
+
+
+def test_memory_limit_is_the_documented_formula_of_the_pod_settings():
+    """At least the server's memory ceiling, at most 1 GiB above it."""
+    limit = parse_quantity(container()["resources"]["limits"]["memory"])
+    ceiling = memory_ceiling(config_from(container_env()))
+    assert ceiling <= limit <= ceiling + (1 << 30), (ceiling, limit)
+
+
+def test_compose_memory_limit_is_the_same_formula():
+    server = yaml.safe_load((K8S.parent / "compose.yaml").read_text())["services"]["server"]
+    limit = parse_quantity(server["mem_limit"].upper().replace("G", "Gi"))
+    ceiling = memory_ceiling(config_from({k: str(v) for k, v in server["environment"].items()}))
+    assert ceiling <= limit <= ceiling + (1 << 30), (ceiling, limit)
+
+
+def parse_quantity(text: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
 
 
 def test_termination_grace_covers_the_drain():
