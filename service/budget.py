@@ -94,11 +94,11 @@ class MemoryBudget:
         if idle and nbytes >= TRIM_AFTER_BYTES:
             self._trim()  # glibc keeps freed arenas otherwise: RSS would stay at the burst's peak
 
-    def exhausted_for(self) -> float:
+    def exhausted_for(self) -> float | None:
         """Seconds requests have been refused for lack of memory without one
-        getting through (0 when the last reservation succeeded)."""
+        getting through (None when the last reservation succeeded)."""
         since = self.refused_since
-        return 0.0 if since is None else time.monotonic() - since
+        return None if since is None else time.monotonic() - since
 
 
 class RequestBudget:

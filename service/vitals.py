@@ -35,6 +35,6 @@ class Vitals:
         if soft != resource.RLIM_INFINITY and used >= FD_HIGH_WATER * soft:
             found.append(f"{used} of {soft} file descriptors in use")
         refused = self._memory.exhausted_for()
-        if refused >= MEMORY_EXHAUSTED_AFTER:
+        if refused is not None and refused >= MEMORY_EXHAUSTED_AFTER:
             found.append(f"memory budget refusing requests for {refused:.0f} s")
         return found

@@ -1,0 +1,37 @@
+"""Health's view of the process: the memory budget refusing requests for long
+is a problem that clears once a reservation gets through again."""
+
+from __future__ import annotations
+
+import pytest
+
+from service import vitals
+from service.budget import MemoryBudget
+from service.errors import AtCapacity, TooLarge
+
+
+def test_a_budget_refusing_for_long_is_a_problem_until_one_fits(monkeypatch):
+    monkeypatch.setattr(vitals, "MEMORY_EXHAUSTED_AFTER", 0.0)  # "for long" = from the first refusal
+    budget = MemoryBudget(100)
+    watch = vitals.Vitals(budget)
+    assert watch.problems() == []
+    budget.reserve(80, 0.0, "first")
+    with pytest.raises(AtCapacity):
+        budget.reserve(40, 0.01, "second")
+    assert any("memory budget" in p for p in watch.problems())
+    budget.release(80)
+    budget.reserve(40, 0.0, "second again")
+    assert watch.problems() == []
+
+
+def test_a_reservation_over_the_whole_budget_is_refused_at_once_and_is_no_exhaustion():
+    budget = MemoryBudget(100)
+    with pytest.raises(TooLarge):
+        budget.reserve(101, 60.0, "huge")  # a wait could never help: no waiting
+    assert budget.exhausted_for() is None and budget.in_use == 0
+
+
+def test_descriptor_count_is_this_process():
+    before = vitals.open_descriptors()
+    with open(__file__) as _:
+        assert vitals.open_descriptors() == before + 1
