@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import gc
 import io
+import logging
 import os
 import pathlib
 import shutil
@@ -30,13 +31,14 @@ from PIL import Image
 
 from ats_client import AtsClient, AtsError
 from bench.common import ServerProcess
-from service.errors import Code, InvalidInput, ServiceError
+from service.errors import Code, InvalidInput, ServiceError, TooLarge
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
 from service.tiles.opener import MAX_OPEN_READERS
 from service.tiles.paths import DataRoot
 from service.tiles.readers import frames
+from service.tiles.readers.base import unreadable_is_invalid
 from tests.fuzz.atheris_tiles import DOCUMENTED, exercise, fuzz_one, seeds, tiff_entries
 from tests.support import TINY_MODEL
 
@@ -250,6 +252,33 @@ def test_symlink_swapped_during_requests_never_reads_outside(
     assert set(outcomes) <= {"inside", "PERMISSION_DENIED"}, outcomes
     # the race really ran: the link was met both ways
     assert min(outcomes["inside"], outcomes["PERMISSION_DENIED"]) >= 10, outcomes
+
+
+def test_parser_failures_are_refused_and_unexpected_ones_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A library's documented failure on a client's file is a quiet refusal; any other
+    exception is refused too but logged with its traceback (it may be a bug); the
+    service's own errors pass unchanged."""
+    caplog.set_level(logging.WARNING)
+    expected_only = ("not a readable X", (ValueError,))
+    with (
+        pytest.raises(InvalidInput, match="not a readable X: 'bad tag'"),
+        unreadable_is_invalid(*expected_only),
+    ):
+        raise ValueError("bad tag")
+    assert not caplog.records
+    with (
+        pytest.raises(InvalidInput, match="not a readable X: LookupError: 'no such thing'"),
+        unreadable_is_invalid(*expected_only),
+    ):
+        raise LookupError("no such thing")
+    [record] = caplog.records
+    assert (
+        record.levelno == logging.WARNING and record.exc_info and "unexpected LookupError" in record.message
+    )
+    refusal = TooLarge("over the limit")
+    with pytest.raises(TooLarge) as info, unreadable_is_invalid(*expected_only):
+        raise refusal
+    assert info.value is refusal
 
 
 # -- image codecs ---------------------------------------------------------------------

@@ -33,7 +33,7 @@ _OFFSET_TYPES = {4: "I", 13: "I", 16: "Q", 18: "Q"}  # LONG, IFD, LONG8, IFD8
 # What tifffile raises while it parses a malformed file: it takes tag values as
 # they come (a size may be a tuple, a divisor zero), so fuzzing meets all of these.
 # Only tifffile's own calls are guarded with them; the checks here are not.
-TIFFFILE_ERRORS = (
+_TIFFFILE_ERRORS = (
     tifffile.TiffFileError,
     ValueError,
     TypeError,
@@ -47,7 +47,7 @@ TIFFFILE_ERRORS = (
     OSError,
 )
 # What the codecs raise on a malformed tile (imagecodecs errors are RuntimeErrors).
-DECODE_ERRORS = (RuntimeError, ValueError, IndexError, EOFError)
+_DECODE_ERRORS = (RuntimeError, ValueError, IndexError, EOFError)
 _PHOTOMETRIC = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR}
 _PHOTOMETRIC_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.PHOTOMETRIC}
 _COMPRESSION_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.COMPRESSION}
@@ -223,7 +223,7 @@ def _grid(page: _Page) -> LevelGrid:
 
 
 def _parse(file: CountingFile) -> tifffile.TiffFile:
-    with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
+    with unreadable_is_invalid("not a readable TIFF", _TIFFFILE_ERRORS):
         _check_ifds(file)
         file.seek(0)  # tifffile takes the position it is handed as the start of the file
         # tifffile reads any binary file object; its annotation asks for IO[bytes]
@@ -239,7 +239,7 @@ def check_segments(file: ConfinedFile, recorder: Recorder) -> None:
     an allocation fails. NDPI strips are exempt (OpenSlide cuts them at the
     JPEG restart markers, and a level is one strip)."""
     with _parse(CountingFile(file.fd, file.size, recorder)) as tif:
-        with unreadable_is_invalid("not a readable slide", TIFFFILE_ERRORS):
+        with unreadable_is_invalid("not a readable slide", _TIFFFILE_ERRORS):
             pages, ndpi = [_Page.of(page) for page in tif.pages], tif.is_ndpi
         for page in pages:
             if page.tiled or not ndpi:
@@ -253,7 +253,7 @@ class TiffReader(Reader):
         self._file = CountingFile(file.fd, file.size, recorder)
         self._tif = _parse(self._file)
         try:
-            with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
+            with unreadable_is_invalid("not a readable TIFF", _TIFFFILE_ERRORS):
                 levels = self._tif.series[0].levels
                 planes = [
                     int(
@@ -269,7 +269,7 @@ class TiffReader(Reader):
             grids = [_grid(page) for page in pages]  # sizes checked before tifffile divides by them
             self._pages = [page.page for page in pages]
             self._announced_size = [frames.CHECKED.get(page.compression or 0) for page in pages]
-            with unreadable_is_invalid("not a readable TIFF", TIFFFILE_ERRORS):
+            with unreadable_is_invalid("not a readable TIFF", _TIFFFILE_ERRORS):
                 for built in self._pages:  # read lazy tags and build decoders now, not in request threads
                     built.jpegtables, built.decode  # noqa: B018
                 self.format_name = (
@@ -307,7 +307,7 @@ class TiffReader(Reader):
                     f"{announced or 'no'} image size, the tile is {grid.tile_height}x{grid.tile_width}",
                     field=FIELD,
                 )
-        with unreadable_is_invalid(f"corrupt TIFF tile {index} of level {level}", DECODE_ERRORS):
+        with unreadable_is_invalid(f"corrupt TIFF tile {index} of level {level}", _DECODE_ERRORS):
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
             if segment is None:
                 raise InvalidInput(f"corrupt TIFF tile {index} of level {level}: no pixels", field=FIELD)
