@@ -42,6 +42,8 @@ from service.tiles.readers.base import unreadable_is_invalid
 from tests.fuzz.atheris_tiles import DOCUMENTED, exercise, fuzz_one, seeds, tiff_entries
 from tests.support import TINY_MODEL
 
+pytestmark = pytest.mark.slow  # a minute: a server process, 30 s of mutations, thousands of requests
+
 LIMITS = SourceLimits(max_image_pixels=10_000_000, max_image_bytes=10 << 20)
 INSIDE, OUTSIDE = 17, 230  # the pixels of the file inside the root and of the one outside
 INSIDE_SHAPE, OUTSIDE_SHAPE = (64, 64), (72, 72)
@@ -468,17 +470,17 @@ def test_refusals_leak_no_descriptor_in_the_server(server) -> None:
     cases = hostile_tree(root / "leak", outside)  # references are relative to the data root
     cases = {(p if p.startswith("/") else f"leak/{p}", level): code for (p, level), code in cases.items()}
     cases[("leak/../../outside/secret.tif", None)] = Code.PERMISSION_DENIED
-    assert served_code(client, "leak/good.tif") == "OK"  # warm-up: a reader cached
+    assert served_code(client, "leak/good.tif") == "OK"  # a reader cached
     for (path, level), code in cases.items():
         assert served_code(client, path, level) == code.value, path
+
+    def send(references: list[tuple[str, int | None]]) -> Callable[[int], Counter[str]]:
+        return lambda part: Counter(served_code(client, path, level) for path, level in references[part::4])
+
+    in_parallel(send(list(cases) * 4))  # warm-up at the measured concurrency: the server's own threads
     pid = process.process.pid
     before = open_fds(pid)
-    references = list(cases) * (2000 // len(cases) + 1)
-
-    def send(part: int) -> Counter[str]:
-        return Counter(served_code(client, path, level) for path, level in references[part::4])
-
-    codes = in_parallel(send)
+    codes = in_parallel(send(list(cases) * (2000 // len(cases) + 1)))
     assert sum(codes.values()) >= 2000 and "OK" not in codes and "INTERNAL" not in codes, codes
     after = wait_for_fds(pid, len(before))
     assert len(after) == len(before), (sorted(before), sorted(after))
