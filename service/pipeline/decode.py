@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -58,7 +59,7 @@ _EIGHT_BIT = (
 _CORRUPT = (OSError, EOFError, SyntaxError, struct.error, ValueError, TypeError, OverflowError)
 
 
-def disable_pillow_pixel_guard() -> None:
+def take_over_pillow_guards() -> None:
     """Leave the pixel limit to ``decode_image``, which checks the configured
     one from the header and names the image's size when it refuses.
 
@@ -67,9 +68,14 @@ def disable_pillow_pixel_guard() -> None:
     message that hides the size. The server calls this once at start: process
     state belongs to whoever owns the process, not to an import. Without it
     (a library user decoding in process) Pillow's guard still applies and its
-    refusal is a ``TooLarge`` like ours.
+    refusal is a ``TooLarge`` like ours. Pillow's warnings are silenced too.
     """
     Image.MAX_IMAGE_PIXELS = None
+    # Pillow warns about odd files (a truncated chunk, a palette with
+    # transparency); Python keeps every distinct warning text it has shown,
+    # and some texts carry byte counts, so a stream of bad files would grow
+    # that registry without bound. Refusals are the client's answer instead.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 def _check_pixels(height: int, width: int, max_pixels: int, field: str) -> None:
@@ -114,10 +120,12 @@ def check_mode(mode: str) -> None:
 
 def peak_bytes_per_pixel(mode: str, channels: int) -> int:
     """Memory a decode holds per pixel at its peak: Pillow's image (4 bytes a
-    pixel for every multi-band mode, 2 for 16-bit grey, 1 for 8-bit), its
+    pixel for every multi-band mode, 1 for 8-bit grey; 16-bit grey is shifted
+    through NumPy arrays), its
     converted copy, the array, and the pipeline's tensor copy of it."""
     bands = Image.getmodebands(mode)
-    stored = 4 if bands > 1 or mode in ("I", "F") else 2 if "16" in mode else 1
+    # 16-bit grey: 2 bytes stored, then a uint16 array and its shifted copy
+    stored = 4 if bands > 1 or mode in ("I", "F") else 7 if "16" in mode else 1
     converted = 0 if mode == _MODES[channels] else (4 if channels == 3 else 1)
     return stored + converted + 2 * channels
 

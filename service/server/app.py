@@ -35,7 +35,7 @@ from service.pipeline import decode
 from service.pipeline.sources import SourceLimits, SourceRegistry
 from service.server.health import ReadinessHealth
 from service.server.interceptor import MetricsInterceptor
-from service.server.registration import add_servicer
+from service.server.registration import ParseErrorInterceptor, add_servicer
 from service.server.servicer import AttentionSamplingServicer
 from service.tiles import add_tile_source
 from service.uploads import UploadLimits, Uploads
@@ -80,7 +80,7 @@ class Server:
             config.resolved_repository(), config.default_model, warm_up, listeners=[self._on_model_change]
         )
         self.health = ReadinessHealth(self.models, Vitals(self.memory), self._loop)
-        decode.disable_pillow_pixel_guard()
+        decode.take_over_pillow_guards()
         self.sources = SourceRegistry(SourceLimits(config.max_image_pixels, config.max_image_bytes))
         add_tile_source(self.sources, config.data_root, config.tile_cache_bytes, counters=self.metrics)
         self._predict_threads = futures.ThreadPoolExecutor(
@@ -119,7 +119,7 @@ class Server:
         """The aio server, made on the loop it will run on."""
         config = self.config
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)],
+            interceptors=[MetricsInterceptor(self.metrics), ParseErrorInterceptor()],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=grpc_options(config),
         )

@@ -246,3 +246,33 @@ def test_memory_returns_after_refused_large_images(client, ats_server):
     refuse(24)  # 24 x 36 MB of pixels if nothing were freed
     grown = _resident_mb(pid) - settled
     assert grown < 150, f"resident memory grew {grown:.0f} MB over 24 refused images"
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming"),
+    [
+        ("/grpc.health.v1.Health/Check", False),
+        ("/grpc.health.v1.Health/Watch", False),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True),
+        ("/ats.v1.AttentionSampling/Predict", False),
+        ("/ats.v1.AttentionSampling/PredictStream", True),
+        ("/ats.v1.AttentionSampling/ListModels", False),
+        ("/ats.v1.AttentionSampling/GetModelMetadata", False),
+    ],
+)
+def test_messages_that_do_not_parse_are_invalid_for_every_service(ats_server, method, streaming):
+    """Bytes that are no protobuf message (a field tag of number 0) sent to
+    every service, ours and the stock ones: INVALID_ARGUMENT, never UNKNOWN
+    with the parser's exception text."""
+    garbage = b"\x00\x01\x02"
+    with grpc.insecure_channel(ats_server.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        if method.endswith("ServerReflectionInfo"):
+            list(channel.stream_stream(method)(iter([garbage]), timeout=30))
+        elif streaming:
+            channel.stream_unary(method)(iter([garbage]), timeout=30)
+        elif method.endswith("Watch"):
+            list(channel.unary_stream(method)(garbage, timeout=30))
+        else:
+            channel.unary_unary(method)(garbage, timeout=30)
+    assert caught.value.code() == INVALID, caught.value
+    assert "does not parse" in caught.value.details()
