@@ -11,7 +11,9 @@ calls for whoever embeds the server.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -33,10 +35,20 @@ from service.models.repository import ModelRegistry, State
 from service.models.warmup import warm_up
 from service.pipeline import decode
 from service.pipeline.sources import SourceLimits, SourceRegistry
+from service.server.auth import AuthInterceptor, TokenFile
+from service.server.files import CredentialFileError
 from service.server.health import ReadinessHealth
 from service.server.interceptor import MetricsInterceptor
 from service.server.registration import ParseErrorInterceptor, add_servicer
 from service.server.servicer import AttentionSamplingServicer
+from service.server.tls import (
+    TlsFiles,
+    WatchedTls,
+    grpc_configuration,
+    grpc_credentials,
+    ssl_context,
+    ssl_contexts,
+)
 from service.tiles import add_tile_source
 from service.uploads import UploadLimits, Uploads
 from service.vitals import Vitals
@@ -45,7 +57,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Seconds between checks of the process's vitals for health.
+# Seconds between checks of the process's vitals for health (and heap trims).
 VITALS_INTERVAL = 1.0
 
 
@@ -66,11 +78,55 @@ def grpc_options(config: Config) -> list[tuple[str, Any]]:
     ]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (a name that does not resolve is not)."""
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None)
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in found)
+
+
+def exposure_warnings(config: Config) -> list[str]:
+    """What a server with ``config`` leaves open to the network, for a loud warning at start."""
+    warnings = []
+    if not is_loopback(config.host):
+        where = f"gRPC listens on {config.host}:{config.port}"
+        if not config.tls_cert:
+            warnings.append(
+                f"{where} without TLS: images, predictions and tokens cross the network in clear "
+                "(set --tls-cert and --tls-key)"
+            )
+        if not config.auth_tokens_file and not config.tls_client_ca:
+            warnings.append(
+                f"{where} without --auth-tokens-file or --tls-client-ca: whoever reaches it can run "
+                "the models and read their metadata"
+            )
+    metrics_host = config.metrics_host or config.host
+    if config.metrics_port and not config.metrics_tls_cert and not is_loopback(metrics_host):
+        warnings.append(
+            f"metrics served over plain HTTP on {metrics_host}:{config.metrics_port}: set "
+            "--metrics-host 127.0.0.1, or --metrics-tls-cert and --metrics-tls-key"
+        )
+    return warnings
+
+
 class Server:
     """The gRPC front end over the data plane, with health, reflection and the metrics endpoint."""
 
     def __init__(self, config: Config, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
+        try:  # unusable certificates, keys or tokens stop the start, before anything else
+            grpc_files = TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca, "--tls")
+            self._grpc_tls = WatchedTls(grpc_files, grpc_configuration) if config.tls_cert else None
+            metrics_files = TlsFiles(
+                config.metrics_tls_cert, config.metrics_tls_key, config.metrics_tls_client_ca, "--metrics-tls"
+            )
+            self._metrics_tls = WatchedTls(metrics_files, ssl_context) if config.metrics_tls_cert else None
+            self._tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
+        except CredentialFileError as error:
+            log.error("cannot start: %s", error)
+            raise
         self.metrics = Metrics(registry)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
@@ -89,6 +145,7 @@ class Server:
         self.plane = self._on_loop(self._make_plane())
         self.metrics.watch(self.memory, self.plane.uploads)
         self._grpc: grpc.aio.Server = self._on_loop(self._make_grpc())
+        self._health_grpc = self._on_loop(self._make_health_grpc()) if config.health_port else None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopping = threading.Event()
 
@@ -115,11 +172,20 @@ class Server:
             self.models, self.sources, self.metrics, admission, uploads, self.memory, self._predict_threads
         )
 
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Metrics outermost, so calls refused for their token are counted too; the token
+        check before anything reads the request."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        if self._tokens is not None:
+            interceptors.append(AuthInterceptor(self._tokens, self.config.restricted_groups()))
+        interceptors.append(ParseErrorInterceptor())
+        return interceptors
+
     async def _make_grpc(self) -> grpc.aio.Server:
         """The aio server, made on the loop it will run on."""
         config = self.config
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics), ParseErrorInterceptor()],
+            interceptors=self._interceptors(),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=grpc_options(config),
         )
@@ -137,13 +203,31 @@ class Server:
             ),
             server,
         )
-        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if self._grpc_tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, grpc_credentials(self._grpc_tls))
         if self.port == 0:
-            raise RuntimeError(f"cannot bind gRPC to {config.host}:{config.port}")
+            raise RuntimeError(f"cannot bind gRPC to {address}")
+        return server
+
+    async def _make_health_grpc(self) -> grpc.aio.Server:
+        """The plaintext health-only server of --health-port, for probes that cannot speak TLS.
+
+        The same interceptors as the main port; health is an open group
+        whenever this port is on (load_config refuses otherwise)."""
+        config = self.config
+        server = grpc.aio.server(interceptors=self._interceptors(), options=grpc_options(config))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        self.health_port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+        if self.health_port == 0:
+            raise RuntimeError(f"cannot bind the health port to {config.host}:{config.health_port}")
         return server
 
     def _watch_vitals(self) -> None:
         while not self._stopping.wait(VITALS_INTERVAL):
+            self.memory.trim_if_due()
             self.health.refresh()
 
     def _on_model_change(self, name: str, version: int, state: State) -> None:
@@ -160,34 +244,51 @@ class Server:
 
     def start(self) -> None:
         """Serve at once (health NOT_SERVING until a model is ready), then load models."""
-        if self.config.metrics_port:
+        config = self.config
+        metrics_host = config.metrics_host or config.host
+        if config.metrics_port:
             self._metrics_endpoint = MetricsEndpoint(
-                self.metrics.registry, self.config.host, self.config.metrics_port
+                self.metrics.registry,
+                metrics_host,
+                config.metrics_port,
+                ssl_contexts(self._metrics_tls) if self._metrics_tls is not None else None,
             )
         self._on_loop(self._grpc.start())
+        if self._health_grpc is not None:
+            self._on_loop(self._health_grpc.start())
+            log.info("plaintext health-only gRPC on %s:%d", config.host, self.health_port)
         threading.Thread(target=self._watch_vitals, name="vitals", daemon=True).start()
+        for warning in exposure_warnings(config):
+            log.warning("INSECURE: %s", warning)
         log.info(
             "memory ceiling %.1f GiB (idle footprint + memory budget + upload budget + tile cache + "
             "messages being received): the container's memory limit should be at least this",
             memory_ceiling(self.config) / (1 << 30),
         )
+        restricted = sorted(group.value for group in config.restricted_groups())
         log.info(
-            "gRPC listening on %s:%d, metrics on %s:%s; repository %s",
-            self.config.host,
+            "gRPC listening on %s:%d (%s; tokens needed for: %s), metrics on %s:%s (%s); repository %s",
+            config.host,
             self.port,
-            self.config.host,
-            self.config.metrics_port or "off",
+            ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls_cert else "plaintext",
+            ", ".join(restricted) if restricted else "nothing",
+            metrics_host,
+            config.metrics_port or "off",
+            "HTTPS" if config.metrics_tls_cert else "HTTP",
             self.models.root,
         )
-        self.models.start(self.config.poll_interval)
-        address = (
-            f"{'localhost' if self.config.host in ('0.0.0.0', '[::]') else self.config.host}:{self.port}"
-        )
+        self.models.start(config.poll_interval)
+        address = f"{'localhost' if config.host in ('0.0.0.0', '[::]') else config.host}:{self.port}"
+        options = " --tls-ca CA.pem" if config.tls_cert else ""
+        options += " --tls-cert CLIENT.pem --tls-key CLIENT-KEY.pem" if config.tls_client_ca else ""
+        options += " --token TOKEN" if restricted else ""
         log.info(
-            "call it with: ats-client health --server %s; ats-client predict IMAGE --server %s "
+            "call it with: ats-client health --server %s%s; ats-client predict IMAGE --server %s%s "
             "[--overlay out.png]",
             address,
+            options,
             address,
+            options,
         )
 
     def drain(self) -> None:
@@ -197,6 +298,8 @@ class Server:
         self.health.drain()
         time.sleep(self.config.drain_delay)
         self._on_loop(self._grpc.stop(self.config.grace_period))
+        if self._health_grpc is not None:
+            self._on_loop(self._health_grpc.stop(0))
         self._stopping.set()
         self._predict_threads.shutdown(wait=True)
         self.models.stop()

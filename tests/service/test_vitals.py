@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from service import budget as budget_module
 from service import vitals
 from service.budget import MemoryBudget
 from service.errors import AtCapacity, TooLarge
@@ -35,3 +36,14 @@ def test_descriptor_count_is_this_process():
     before = vitals.open_descriptors()
     with open(__file__) as _:
         assert vitals.open_descriptors() == before + 1
+
+
+def test_a_trim_is_due_once_enough_was_released():
+    budget = MemoryBudget(1 << 30)
+    budget.reserve(budget_module.TRIM_AFTER_BYTES - 1, 0.0, "almost")
+    budget.release(budget_module.TRIM_AFTER_BYTES - 1)
+    assert not budget.trim_if_due()
+    budget.reserve(1, 0.0, "one more byte")
+    budget.release(1)
+    assert budget.trim_if_due()
+    assert not budget.trim_if_due()  # counted afresh after a trim
