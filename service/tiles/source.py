@@ -7,8 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
+from service import budget
 from service.errors import InvalidInput, TooLarge
-from service.pipeline.sources import ImageSource
+from service.pipeline.sources import ImageSource, shared_tensor
 from service.tiles.readers.base import Reader
 from service.tiles.stats import ReadStats, Recorder
 
@@ -88,8 +89,12 @@ class TileSource(ImageSource):
                 f"{self._max_level_pixels}; add pyramid levels to the file",
                 field="tile.path",
             )
+        # the level as read (native channels), converted, and its copy in the
+        # aligned buffer TensorFlow reads: charged before a tile is decoded
+        native = self._reader.native_channels
+        budget.before_decode(height * width, native + 2 * self._channels, f"{self.format_name} level {level}")
         pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
-        return low_resolution_view(pixels[np.newaxis], size)
+        return low_resolution_view(shared_tensor(pixels), size)
 
     def patches(self, offsets: tf.Tensor, patch_size: tuple[int, int]) -> tf.Tensor:
         height, width = patch_size
