@@ -74,7 +74,10 @@ COPY --from=builder /opt/venv /opt/venv
 # The shipped models; mount a repository over this path (or point
 # ATS_MODEL_REPOSITORY elsewhere) to serve others.
 COPY models/ /opt/ats/models/
+# A bare ats-serve binds loopback only; in a container, the published ports
+# reach it through the container's own interface, so bind them all.
 ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
+    ATS_HOST=0.0.0.0 \
     ATS_PORT=8500 \
     ATS_METRICS_PORT=8502 \
     PYTHONDONTWRITEBYTECODE=1

@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -32,8 +33,12 @@ class ServerProcess:
         log_path: pathlib.Path,
         *flags: str,
         env: dict[str, str] | None = None,
+        client: Mapping[str, Any] | None = None,
     ) -> None:
-        """``repository`` None: the server's default (the shipped models/)."""
+        """``repository`` None: the server's default (the shipped models/).
+        ``client``: the AtsClient options that reach it (TLS files, token), for
+        the readiness wait and for whoever calls it (``client_options``)."""
+        self.client_options = dict(client or {})
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -70,7 +75,7 @@ class ServerProcess:
         from ats_client import AtsClient, AtsError
 
         deadline = time.monotonic() + timeout
-        with AtsClient(self.target, retries=0, timeout=2) as client:
+        with AtsClient(self.target, retries=0, timeout=2, **self.client_options) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")

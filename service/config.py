@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,16 @@ def default_model_repository() -> pathlib.Path:
     installs and source checkouts), else ./models (installed copies)."""
     beside = pathlib.Path(__file__).resolve().parent.parent / "models"
     return beside if beside.is_dir() else pathlib.Path("models")
+
+
+class AuthGroup(str, enum.Enum):
+    """API groups an operator may require a token for (``--auth-groups``),
+    as Triton's restricted protocol groups its endpoints."""
+
+    INFERENCE = "inference"
+    METADATA = "metadata"
+    HEALTH = "health"
+    REFLECTION = "reflection"
 
 
 def _setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
@@ -39,9 +50,43 @@ class Config:
     default_model: str = _setting(
         "", "model served when a request names none (default: the only model, if there is one)"
     )
-    host: str = _setting("0.0.0.0", "address the gRPC and metrics servers bind")
+    host: str = _setting(
+        "127.0.0.1",
+        "address the gRPC server binds (and metrics, unless --metrics-host): 127.0.0.1 answers this "
+        "machine only, 0.0.0.0 every interface (the Docker image sets it)",
+    )
     port: int = _setting(8500, "gRPC port")
     metrics_port: int = _setting(8502, "Prometheus /metrics HTTP port (0 disables)")
+    metrics_host: str = _setting("", "address the metrics server binds (empty: --host)")
+    health_port: int = _setting(
+        0,
+        "plaintext port serving grpc.health.v1 only, for probes that cannot speak TLS "
+        "(Kubernetes' gRPC probe); binds --host; 0 disables",
+    )
+    tls_cert: str = _setting(
+        "", "PEM certificate (chain) of the gRPC port; with --tls-key, the port speaks TLS only"
+    )
+    tls_key: str = _setting("", "PEM private key of --tls-cert (readable by its owner only)")
+    tls_client_ca: str = _setting(
+        "", "PEM CA certificates: clients must present a certificate signed by one (mutual TLS)"
+    )
+    auth_tokens_file: str = _setting(
+        "",
+        "file of accepted tokens, one per line, or sha256:<hex> of each; calls of --auth-groups "
+        "must send 'authorization: Bearer <token>'; re-read when it changes",
+    )
+    auth_groups: str = _setting(
+        "inference,metadata",
+        "comma-separated API groups that need a token when --auth-tokens-file is set: "
+        "inference, metadata, health, reflection (empty: none)",
+    )
+    metrics_tls_cert: str = _setting(
+        "", "PEM certificate of the metrics endpoint (HTTPS with --metrics-tls-key)"
+    )
+    metrics_tls_key: str = _setting("", "PEM private key of --metrics-tls-cert")
+    metrics_tls_client_ca: str = _setting(
+        "", "PEM CA certificates: scrapers must present a certificate signed by one"
+    )
     max_concurrent_predicts: int = _setting(
         4, "predictions running at once; more wait up to --queue-timeout, then get RESOURCE_EXHAUSTED"
     )
@@ -83,6 +128,12 @@ class Config:
 
     def resolved_repository(self) -> pathlib.Path:
         return pathlib.Path(self.model_repository) if self.model_repository else default_model_repository()
+
+    def restricted_groups(self) -> frozenset[AuthGroup]:
+        """The groups that need a token (none without --auth-tokens-file)."""
+        if not self.auth_tokens_file:
+            return frozenset()
+        return frozenset(AuthGroup(name.strip()) for name in self.auth_groups.split(",") if name.strip())
 
 
 # Resident memory of an idle server with the shipped model, after it served
@@ -165,7 +216,34 @@ def load_config(
             sources[field.name] = "env"
         else:
             sources[field.name] = "default"
-    return Config(**values), sources
+    config = Config(**values)
+    problem = inconsistency(config)
+    if problem:
+        parser.error(problem)
+    return config, sources
+
+
+def inconsistency(config: Config) -> str | None:
+    """Why ``config`` cannot run safely as asked (TLS half configured, unknown
+    token groups, a plaintext health port for a restricted health group), or None.
+
+    Refused at start rather than guessed at: a forgotten --tls-key must not
+    become a plaintext server."""
+    for prefix in ("tls", "metrics_tls"):
+        cert, key, client_ca = (getattr(config, f"{prefix}_{part}") for part in ("cert", "key", "client_ca"))
+        flag = _flag_name(prefix)
+        if bool(cert) != bool(key):
+            return f"{flag}-cert and {flag}-key go together: set both or neither"
+        if client_ca and not cert:
+            return f"{flag}-client-ca needs {flag}-cert and {flag}-key: client certificates need TLS"
+    known = {group.value for group in AuthGroup}
+    unknown = {name.strip() for name in config.auth_groups.split(",") if name.strip()} - known
+    if unknown:
+        choices = ", ".join(group.value for group in AuthGroup)
+        return f"--auth-groups: unknown {', '.join(sorted(unknown))}; choose from {choices}"
+    if config.health_port and AuthGroup.HEALTH in config.restricted_groups():
+        return "--health-port serves health without a token, but --auth-groups restricts health"
+    return None
 
 
 def describe(config: Config, sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -3,9 +3,16 @@ dashboard and alerting query them) and their HTTP endpoint."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer
 
 if TYPE_CHECKING:
     from service.budget import MemoryBudget
@@ -15,6 +22,10 @@ if TYPE_CHECKING:
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MEGAPIXEL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000, 10000)
 PATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Seconds an HTTPS scrape connection may take for its handshake, and then per read.
+CONNECTION_TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -121,11 +132,54 @@ class Metrics:
         self.patches_per_request.labels(model).observe(n_patches)
 
 
-class MetricsEndpoint:
-    """``/metrics`` over HTTP on its own port, stoppable for a clean exit."""
+class _HttpsServer(ThreadingWSGIServer):
+    """HTTPS whose handshakes run in each connection's own thread, with a timeout.
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+    prometheus-client's own TLS wraps the listening socket, so it handshakes
+    in the accepting thread: one connection that never sends a ClientHello
+    blocks every scrape. ``contexts`` gives the current SSL context (rotated
+    certificates apply to new connections).
+    """
+
+    contexts: Callable[[], ssl.SSLContext]
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(CONNECTION_TIMEOUT)
+        with self.contexts().wrap_socket(request, server_side=True) as tls:
+            super().finish_request(tls, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A failed handshake (a scanner, a scraper without a client certificate) is no server error."""
+        log.debug("metrics connection from %s failed", client_address, exc_info=True)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+class MetricsEndpoint:
+    """``/metrics`` on its own port, over HTTP, or HTTPS when given ``tls`` (a
+    function returning the current SSL context); stoppable for a clean exit."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
+        if tls is None:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+            return
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("HttpsServer", (_HttpsServer,), {"address_family": family})
+        server: WSGIServer = make_server(host, port, make_wsgi_app(registry), server_class, _QuietHandler)
+        assert isinstance(server, _HttpsServer)
+        server.contexts = tls
+        self._server = server
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
 
     @property
     def port(self) -> int:

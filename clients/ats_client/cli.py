@@ -3,6 +3,11 @@
 ats-client predict IMAGE [--server HOST:PORT] [--model NAME] [--overlay out.png] [--json]
 ats-client models [--server HOST:PORT] [--json]
 ats-client health [--server HOST:PORT] [--service NAME]   (exit 0 only when SERVING)
+
+Against a server with TLS: --tls-ca CA.pem (or --tls for a publicly trusted
+certificate), with mutual TLS also --tls-cert and --tls-key; with tokens:
+--token, or the ATS_TOKEN environment variable (which keeps it out of the
+process list and the shell history).
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the server [ATS_SERVER, default localhost:8500]",
     )
     common.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+    common.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+    common.add_argument("--tls-ca", help="TLS, trusting the CA certificates of this PEM file")
+    common.add_argument("--tls-cert", help="client certificate (PEM) for a server that requires one")
+    common.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    common.add_argument(
+        "--token",
+        default=os.environ.get("ATS_TOKEN"),
+        help="access token, sent as 'authorization: Bearer' [ATS_TOKEN]",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", parents=[common], help="classify an image")
     predict.add_argument("image", help="PNG, JPEG, TIFF or WebP file; with --tile, a path on the server")
@@ -121,9 +135,25 @@ def _health(client: AtsClient, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     retries = 0 if args.command == "health" else 4
-    with AtsClient(args.server, timeout=args.timeout, retries=retries) as client:
+    try:
+        client = AtsClient(
+            args.server,
+            timeout=args.timeout,
+            retries=retries,
+            tls=args.tls,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            token=args.token,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    except OSError as error:  # an unreadable certificate or key
+        parser.error(f"{error.strerror or error}: {error.filename}")
+    with client:
         try:
             return {"predict": _predict, "models": _models, "health": _health}[args.command](client, args)
         except AtsError as error:

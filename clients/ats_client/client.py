@@ -4,10 +4,15 @@ Requests larger than a unary message may be (gRPC's default receive limit is
 4 MiB) go through ``PredictStream`` in chunks, chosen automatically. Calls that
 fail with UNAVAILABLE (server starting, restarting, or draining behind a
 balancer) are retried with exponential backoff.
+
+A server started with TLS needs ``tls_ca`` (or ``tls=True`` when its certificate
+is signed by a public CA), with mutual TLS also ``tls_cert`` and ``tls_key``;
+one started with tokens needs ``token``, sent as ``authorization: Bearer``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import time
@@ -28,6 +33,7 @@ MiB = 1 << 20
 # sizing by the pixels alone spares serialising the request just to measure it.
 _OPTIONS_MARGIN = 64 << 10
 ImageLike = str | os.PathLike | bytes | np.ndarray
+PemLike = str | os.PathLike | bytes  # a PEM file's path, or its contents
 T = TypeVar("T")
 
 
@@ -65,6 +71,42 @@ def tensor_message(pixels: np.ndarray, with_data: bool = True) -> pb.Tensor:
     )
 
 
+def _pem(value: PemLike) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    with open(value, "rb") as file:
+        return file.read()
+
+
+def is_local(target: str) -> bool:
+    """Whether a gRPC target names this machine (loopback or a Unix socket)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    address = target.removeprefix("dns:").lstrip("/").removeprefix("ipv4:").removeprefix("ipv6:")
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or "]" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def channel_credentials(
+    tls_ca: PemLike | None = None, tls_cert: PemLike | None = None, tls_key: PemLike | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials: trust ``tls_ca`` (default: the system's CAs), and present
+    ``tls_cert`` with ``tls_key`` to a server that wants client certificates."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key go together: give both or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=None if tls_ca is None else _pem(tls_ca),
+        private_key=None if tls_key is None else _pem(tls_key),
+        certificate_chain=None if tls_cert is None else _pem(tls_cert),
+    )
+
+
 class AtsClient:
     def __init__(
         self,
@@ -76,22 +118,37 @@ class AtsClient:
         max_message_bytes: int = 64 * MiB,
         stream_threshold: int = 4 * MiB,
         chunk_bytes: int = 1 * MiB,
+        tls: bool = False,
+        tls_ca: PemLike | None = None,
+        tls_cert: PemLike | None = None,
+        tls_key: PemLike | None = None,
+        token: str | None = None,
     ) -> None:
         """``stream_threshold``: request size beyond which ``PredictStream`` is used;
-        ``timeout``: default deadline per call in seconds (None: none)."""
+        ``timeout``: default deadline per call in seconds (None: none).
+
+        TLS is used when ``tls`` is true or any ``tls_*`` is given (a PEM path
+        or PEM bytes). ``token`` is refused over plaintext to another machine,
+        as gRPC refuses call credentials on insecure channels."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.stream_threshold = stream_threshold
         self.chunk_bytes = chunk_bytes
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        secure = tls or tls_ca is not None or tls_cert is not None or tls_key is not None
+        if token is not None and not secure and not is_local(target):
+            raise ValueError(f"a token is sent to {target} over TLS only: give tls_ca or tls=True")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if secure:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.AttentionSamplingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -160,23 +217,35 @@ class AtsClient:
     def _send(self, request: pb.PredictRequest, timeout: float | None, streaming: bool) -> pb.PredictResponse:
         timeout = self.timeout if timeout is None else timeout
         if streaming:
-            return self._call(lambda: self._stub.PredictStream(self._chunks(request), timeout=timeout))
-        return self._call(lambda: self._stub.Predict(request, timeout=timeout))
+            return self._call(
+                lambda: self._stub.PredictStream(
+                    self._chunks(request), timeout=timeout, metadata=self._metadata
+                )
+            )
+        return self._call(lambda: self._stub.Predict(request, timeout=timeout, metadata=self._metadata))
 
     def metadata(self, model: str = "", timeout: float | None = None) -> pb.ModelMetadata:
         request = pb.GetModelMetadataRequest(model_name=model)
-        return self._call(lambda: self._stub.GetModelMetadata(request, timeout=timeout or self.timeout))
+        return self._call(
+            lambda: self._stub.GetModelMetadata(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
+        )
 
     def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
         return self._call(
-            lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self.timeout)
+            lambda: self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=timeout or self.timeout, metadata=self._metadata
+            )
         )
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health status name ("SERVING", "NOT_SERVING", ...) of ``service``
         ("" = the whole server, or a model name)."""
         request = health_pb2.HealthCheckRequest(service=service)
-        reply = self._call(lambda: self._health.Check(request, timeout=timeout or self.timeout))
+        reply = self._call(
+            lambda: self._health.Check(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # -- helpers -----------------------------------------------------------

@@ -11,6 +11,7 @@ calls for whoever embeds the server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -133,7 +134,10 @@ class Server:
         self._loop_thread.start()
         self.memory = MemoryBudget(config.memory_budget_bytes)
         self.models = ModelRegistry(
-            config.resolved_repository(), config.default_model, warm_up, listeners=[self._on_model_change]
+            config.resolved_repository(),
+            config.default_model,
+            functools.partial(warm_up, max_image_pixels=config.max_image_pixels),
+            listeners=[self._on_model_change],
         )
         self.health = ReadinessHealth(self.models, Vitals(self.memory), self._loop)
         decode.take_over_pillow_guards()

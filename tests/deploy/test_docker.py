@@ -361,6 +361,9 @@ def test_runtime_stage_runs_the_server_as_configured():
     assert {k for k in env if k.startswith("ATS_")} <= server_config_env(), (
         "runtime ENV sets ATS_* variables the server does not read"
     )
+    assert Config.host == "127.0.0.1" and env["ATS_HOST"] == "0.0.0.0", (
+        "a bare server binds loopback; the container binds every interface, or no published port reaches it"
+    )
     ports = {int(p) for i in runtime.all("EXPOSE") for p in i.args.split()}
     assert ports == {int(env["ATS_PORT"]), int(env["ATS_METRICS_PORT"])} == {8500, 8502}
     assert int(env["ATS_PORT"]) == Config.port and int(env["ATS_METRICS_PORT"]) == Config.metrics_port

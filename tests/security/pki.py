@@ -1,0 +1,84 @@
+"""Certificates and tokens for the security tests, made by the development-CA
+script itself (docker/make-dev-certs.py), so that the script is tested by
+every use; and a look at the certificate a TLS port presents."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+import socket
+import ssl
+from types import ModuleType
+from typing import Any
+
+from tests.support import REPO_ROOT
+
+DEV_CERTS_SCRIPT = REPO_ROOT / "docker" / "make-dev-certs.py"
+
+
+def _load_script() -> ModuleType:
+    """docker/make-dev-certs.py as a module (its name is a command's, not a module's)."""
+    spec = importlib.util.spec_from_file_location("make_dev_certs", DEV_CERTS_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+dev_certs = _load_script()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pki:
+    """One run of the script: a CA, its server, client and Prometheus certificates, a token."""
+
+    folder: pathlib.Path
+
+    @classmethod
+    def make(cls, folder: pathlib.Path) -> Pki:
+        dev_certs.make_all(folder)
+        return cls(folder)
+
+    def path(self, name: str) -> str:
+        return str(self.folder / name)
+
+    @property
+    def token(self) -> str:
+        return (self.folder / "token").read_text().strip()
+
+    def server_flags(self, mutual: bool = True) -> list[str]:
+        """ats-serve flags for TLS with this PKI's server certificate (and its CA for clients)."""
+        flags = ["--tls-cert", self.path("server.pem"), "--tls-key", self.path("server-key.pem")]
+        return [*flags, "--tls-client-ca", self.path("ca.pem")] if mutual else flags
+
+    def client(self, **overrides: Any) -> dict[str, Any]:
+        """AtsClient options trusting this CA and presenting its client certificate."""
+        options = {
+            "tls_ca": self.path("ca.pem"),
+            "tls_cert": self.path("client.pem"),
+            "tls_key": self.path("client-key.pem"),
+        }
+        return {**options, **overrides}
+
+
+def presented_certificate(port: int, client: Pki | None = None) -> bytes:
+    """The DER certificate a new TLS connection to ``port`` is shown (nothing verified;
+    ``client``'s certificate presented for servers that require one)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    if client is not None:
+        context.load_cert_chain(client.path("client.pem"), client.path("client-key.pem"))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        certificate = tls.getpeercert(binary_form=True)
+    assert certificate is not None
+    return certificate
+
+
+def certificate_der(path: pathlib.Path | str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pathlib.Path(path).read_text())
