@@ -1,12 +1,18 @@
 """Warm-up: one full prediction on a synthetic image before a version is
 marked ready, so the first real request does not pay for tracing and
-allocation (and a version that cannot predict never serves)."""
+allocation (and a version that cannot predict never serves).
+
+The attention network also runs once on the largest low view the server
+admits: TensorFlow's oneDNN allocator keeps its high-water mark pooled for
+good, so paying it at load makes the footprint the same before and after
+the first large image (memory limits are sized from the idle footprint)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import tensorflow as tf
 
 from model_ops.sampling import MODES
 from service.models.servable import ServableModel
@@ -28,9 +34,17 @@ def warmup_shape(servable: ServableModel) -> tuple[int, int, int]:
     return height, width, spec.channels
 
 
-def warm_up(servable: ServableModel) -> None:
+def largest_view(servable: ServableModel, max_image_pixels: int) -> tuple[int, int]:
+    """The low view of a square image of ``max_image_pixels`` (views of other
+    shapes with as many pixels have the same area)."""
+    side = math.isqrt(max_image_pixels)
+    return servable.spec.low_shape(side, side)
+
+
+def warm_up(servable: ServableModel, max_image_pixels: int = 0) -> None:
     """Predict in both modes at two image sizes: the second size lets traced
-    functions generalise to any size before the first real request."""
+    functions generalise to any size before the first real request. With
+    ``max_image_pixels``, run the attention network on the largest view too."""
     height, width, channels = warmup_shape(servable)
     rng = np.random.default_rng(0)
     for shape in ((height, width, channels), (height * 3 // 2, width * 5 // 4, channels)):
@@ -41,3 +55,6 @@ def warm_up(servable: ServableModel) -> None:
         )
         for mode in MODES:
             runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), sources)
+    if max_image_pixels and servable.spec.low_size is None:
+        height, width = largest_view(servable, max_image_pixels)
+        servable.attention(tf.zeros((1, height, width, channels), tf.uint8))
