@@ -56,7 +56,7 @@ _EIGHT_BIT = (
 # (ValueError), and, found by tests/fuzz, TIFF tags of the wrong type
 # (TypeError: a float or a rational where a strip offset goes) or out of
 # C's range (OverflowError: offsets, palette entries).
-_CORRUPT = (OSError, EOFError, SyntaxError, struct.error, ValueError, TypeError, OverflowError)
+CORRUPT = (OSError, EOFError, SyntaxError, struct.error, ValueError, TypeError, OverflowError)
 
 
 def take_over_pillow_guards() -> None:
@@ -143,7 +143,7 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
         raise InvalidInput(
             f"not a recognised image; accepted formats: {', '.join(FORMATS)}", field="image"
         ) from None
-    except _CORRUPT as err:  # a header Pillow recognised, then could not parse
+    except CORRUPT as err:  # a header Pillow recognised, then could not parse
         raise InvalidInput(f"corrupt or truncated image header: {clip(str(err))}", field="image") from None
     with image:
         width, height = image.size
@@ -157,7 +157,7 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
         try:
             image.load()
             converted = eight_bit(image, channels)
-        except _CORRUPT as err:
+        except CORRUPT as err:
             raise InvalidInput(
                 f"corrupt or truncated {image.format} image: {clip(str(err))}", field="image"
             ) from None

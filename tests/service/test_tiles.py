@@ -247,3 +247,17 @@ def test_stripped_tiff_and_sparse_tiles(tmp_path: pathlib.Path) -> None:
     source = TileOpener(str(tmp_path), 1 << 20)(TileRef("sparse.tif"), 1, LIMITS)
     crop = source.patches(tf.constant([[[32, 32]]], tf.int32), (64, 64)).numpy()[0, 0, ..., 0]
     assert (crop[:32, :32] == 9).all() and crop[32:].sum() == 0 and crop[:, 32:].sum() == 0
+
+
+def test_16_bit_png_tile_keeps_its_high_byte_as_uploads_do(tmp_path: pathlib.Path) -> None:
+    """A 16-bit grey PNG referenced by tile reads exactly as the same file
+    uploaded: v >> 8, not clipped to 255."""
+    values = (np.arange(64 * 80, dtype=np.uint32) * 16411 % 65536).astype(np.uint16).reshape(64, 80)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    (tmp_path / "deep.png").write_bytes(buffer.getvalue())
+    source = TileOpener(str(tmp_path), 1 << 20)(TileRef("deep.png"), 1, LIMITS)
+    patch = source.patches(tf.constant([[[0, 0]]], tf.int32), (64, 80)).numpy()[0, 0, ..., 0]
+    assert np.array_equal(patch, (values >> 8).astype(np.uint8))
+    uploaded = decode_image(buffer.getvalue(), 1, LIMITS.max_image_pixels, LIMITS.max_image_bytes)
+    assert np.array_equal(patch, uploaded[..., 0])

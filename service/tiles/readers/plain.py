@@ -12,12 +12,12 @@ service/tiles/README.md).
 from __future__ import annotations
 
 import io
-import struct
 
 import numpy as np
 from PIL import Image
 
 from service.errors import TooLarge
+from service.pipeline import decode
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD, ConfinedFile
 from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
@@ -25,10 +25,10 @@ from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
 
 _JPEG_REDUCTIONS = (1, 2, 4, 8)
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-# What Pillow raises on malformed files (UnidentifiedImageError is an OSError);
-# anything else is refused too, but logged.
-_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+_GRAY_MODES = {"1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N"}
+# What Pillow raises on malformed files (UnidentifiedImageError is an OSError),
+# as for uploads; anything else is refused too, but logged.
+_PILLOW_ERRORS = (*decode.CORRUPT, IndexError)
 
 
 class PlainReader(Reader):
@@ -52,6 +52,7 @@ class PlainReader(Reader):
                     field=FIELD,
                 )
             self.format_name = image.format
+            decode.check_mode(image.mode)  # 32-bit and float samples refused, as for uploads
             self._mode = "L" if image.mode in _GRAY_MODES else "RGB"
         self._full_size = (width, height)
         reductions = (
@@ -89,5 +90,5 @@ class PlainReader(Reader):
                 reduction = self._reductions[level]
                 image.draft(image.mode, (self._full_size[0] // reduction, self._full_size[1] // reduction))
             image.load()
-            pixels = np.asarray(image.convert(self._mode))
+            pixels = np.asarray(decode.eight_bit(image, self.native_channels))  # 16-bit: high byte
         return pixels.reshape(*pixels.shape[:2], self.native_channels)
