@@ -41,6 +41,7 @@ METHOD_GROUPS: dict[str, AuthGroup] = {
     "/ats.v1.AttentionSampling/ListModels": AuthGroup.METADATA,
     "/grpc.health.v1.Health/Check": AuthGroup.HEALTH,
     "/grpc.health.v1.Health/Watch": AuthGroup.HEALTH,
+    "/grpc.health.v1.Health/List": AuthGroup.HEALTH,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": AuthGroup.REFLECTION,
 }
 

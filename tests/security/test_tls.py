@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -23,8 +21,8 @@ from bench.common import free_port
 from service.config import Config, load_config
 from service.server.app import exposure_warnings
 from service.server.files import exposure
-from tests.security.pki import certificate_der, presented_certificate
-from tests.support import REPO_ROOT, random_image
+from tests.security.support import ats_serve, certificate_der, presented_certificate
+from tests.support import random_image
 
 
 def refused_connection(target: str, **options) -> grpc.StatusCode:
@@ -86,27 +84,6 @@ def test_the_health_port_is_plaintext_and_serves_health_only(serve, pki):
                 call()
             assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert refused_connection(server.target) == grpc.StatusCode.UNAVAILABLE  # the main port stays TLS
-
-
-def ats_serve(*flags: str) -> subprocess.CompletedProcess:
-    """ats-serve run to its end (it is expected to refuse to start)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.server.main",
-            "--port",
-            str(free_port()),
-            "--metrics-port",
-            "0",
-            *flags,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,22 @@
-"""Certificates and tokens for the security tests, made by the development-CA
-script itself (docker/make-dev-certs.py), so that the script is tested by
-every use; and a look at the certificate a TLS port presents."""
+"""What the security tests share: certificates and tokens made by the
+development-CA script itself (docker/make-dev-certs.py, so that every use
+tests it), a look at the certificate a TLS port presents, and ats-serve run
+to its end."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import pathlib
 import socket
 import ssl
+import subprocess
+import sys
 from types import ModuleType
 from typing import Any
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, free_port
 
 DEV_CERTS_SCRIPT = REPO_ROOT / "docker" / "make-dev-certs.py"
 
@@ -82,3 +86,24 @@ def presented_certificate(port: int, client: Pki | None = None) -> bytes:
 
 def certificate_der(path: pathlib.Path | str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pathlib.Path(path).read_text())
+
+
+def ats_serve(*flags: str) -> subprocess.CompletedProcess:
+    """ats-serve run to its end: for the configurations it must refuse to start with."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.server.main",
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            "0",
+            *flags,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
