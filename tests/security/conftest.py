@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench.common import ServerProcess
-from tests.security.pki import Pki
+from tests.security.support import Pki
 from tests.support import TINY_MODEL
 
 
