@@ -99,7 +99,7 @@ def channel_credentials(
     """TLS credentials: trust ``tls_ca`` (default: the system's CAs), and present
     ``tls_cert`` with ``tls_key`` to a server that wants client certificates."""
     if (tls_cert is None) != (tls_key is None):
-        raise ValueError("tls_cert and tls_key go together: give both or neither")
+        raise ValueError("a client certificate and its key go together: give both or neither")
     return grpc.ssl_channel_credentials(
         root_certificates=None if tls_ca is None else _pem(tls_ca),
         private_key=None if tls_key is None else _pem(tls_key),
