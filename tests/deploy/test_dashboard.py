@@ -182,9 +182,12 @@ def test_every_queried_metric_is_exported_by_a_running_server(served_metrics):
 
 @pytest.fixture(scope="module")
 def prometheus(ats_server, tmp_path_factory) -> Iterator[Prometheus]:
-    """Prometheus scraping the shared server with the compose stack's scrape job."""
+    """Prometheus scraping the shared server with the compose stack's scrape job,
+    over plain HTTP: the shared server has no TLS (tests/security/test_metrics_tls.py
+    runs the job as it is, over HTTPS)."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ats-server"]
+    job = {key: value for key, value in job.items() if key not in ("scheme", "tls_config")}
     target = urllib.parse.urlsplit(ats_server.metrics_url).netloc
     server = Prometheus(tmp_path_factory.mktemp("prometheus"), target, job)
     try:

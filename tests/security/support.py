@@ -16,9 +16,14 @@ import sys
 from types import ModuleType
 from typing import Any
 
+import yaml
+
 from tests.support import REPO_ROOT, free_port
 
 DEV_CERTS_SCRIPT = REPO_ROOT / "docker" / "make-dev-certs.py"
+PROMETHEUS_CONFIG = REPO_ROOT / "docker" / "prometheus" / "prometheus.yml"
+# Where the compose stack gives Prometheus its files (named as make-dev-certs.py names them).
+COMPOSE_PROMETHEUS_FILES = "/run/ats-secrets/prometheus/"
 
 
 def _load_script() -> ModuleType:
@@ -40,8 +45,9 @@ class Pki:
     folder: pathlib.Path
 
     @classmethod
-    def make(cls, folder: pathlib.Path) -> Pki:
-        dev_certs.make_all(folder)
+    def make(cls, folder: pathlib.Path, names: tuple[str, ...] = ()) -> Pki:
+        """Run the script into ``folder``; ``names``: more names of the server."""
+        dev_certs.make_all(folder, names)
         return cls(folder)
 
     def path(self, name: str) -> str:
@@ -64,6 +70,17 @@ class Pki:
             "tls_key": self.path("client-key.pem"),
         }
         return {**options, **overrides}
+
+
+def compose_scrape_job(pki: Pki) -> dict[str, Any]:
+    """The compose stack's scrape job of the server, reading its TLS files from ``pki``."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ats-server"]
+    tls = job["tls_config"]
+    for key in ("ca_file", "cert_file", "key_file"):
+        assert tls[key].startswith(COMPOSE_PROMETHEUS_FILES), (key, tls[key])
+        tls[key] = pki.path(tls[key].removeprefix(COMPOSE_PROMETHEUS_FILES))
+    return job
 
 
 def presented_certificate(port: int, client: Pki | None = None) -> bytes:
