@@ -91,15 +91,19 @@ class MemoryBudget:
         with self._cond:
             self.in_use -= nbytes
             self._released_since_trim += nbytes
+            idle = self.in_use == 0
             self._cond.notify_all()
+        if idle:  # the end of a burst: give memory back now rather than at the next periodic trim
+            self.trim_if_due()
 
     def trim_if_due(self) -> bool:
         """Hand free heap memory back to the system once enough was released.
 
         glibc keeps what decodes freed in its per-thread arenas, so without
         this RSS stays at the peak of a burst and creeps up under mixed load.
-        Called periodically by the server (not per request: a trim walks
-        every arena)."""
+        Called when the last reservation is released, and every second by
+        the server for load that never leaves the budget idle (not per
+        request: a trim walks every arena)."""
         with self._cond:
             due = self._released_since_trim >= TRIM_AFTER_BYTES
             if due:

@@ -198,7 +198,15 @@ class DataPlane:
 
         def work() -> Prediction:
             with bound(budget, self._admission.queue_timeout):
-                return runner.run(model, payload, options, self.sources, budget.is_active)
+                try:
+                    return runner.run(model, payload, options, self.sources, budget.is_active)
+                except ServiceError as err:
+                    # The traceback's frames, and those of the library error
+                    # it replaced (its context), hold what the stages had made
+                    # (a half-decoded image) in reference cycles that only a
+                    # later garbage collection would free: drop them now.
+                    err.__context__ = err.__cause__ = None
+                    raise err.with_traceback(None) from None
 
         future = asyncio.get_running_loop().run_in_executor(self._executor, work)
         try:

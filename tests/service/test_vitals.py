@@ -40,6 +40,7 @@ def test_descriptor_count_is_this_process():
 
 def test_a_trim_is_due_once_enough_was_released():
     budget = MemoryBudget(1 << 30)
+    budget.reserve(1, 0.0, "held throughout")  # the budget never goes idle: only periodic trims
     budget.reserve(budget_module.TRIM_AFTER_BYTES - 1, 0.0, "almost")
     budget.release(budget_module.TRIM_AFTER_BYTES - 1)
     assert not budget.trim_if_due()
@@ -47,3 +48,12 @@ def test_a_trim_is_due_once_enough_was_released():
     budget.release(1)
     assert budget.trim_if_due()
     assert not budget.trim_if_due()  # counted afresh after a trim
+    budget.release(1)  # idle again: trimmed at once when enough was released
+    assert budget.in_use == 0
+
+
+def test_the_last_release_of_a_burst_trims_at_once():
+    budget = MemoryBudget(1 << 30)
+    budget.reserve(budget_module.TRIM_AFTER_BYTES, 0.0, "large")
+    budget.release(budget_module.TRIM_AFTER_BYTES)
+    assert not budget.trim_if_due()  # already done by the release
