@@ -1,5 +1,5 @@
 """Reliability benchmark: a real ``ats-serve`` with the shipped model under
-load, stalled uploads, a storm of bad input, maximum-size bursts and a hot
+load, stalled uploads, a storm of bad input, maximum-size bursts, a hot
 reload, each scenario judged against stated targets.
 
 Scenarios (one fresh server each, server defaults unless said):
@@ -19,7 +19,9 @@ Scenarios (one fresh server each, server defaults unless said):
    footprint, and RSS 10 s after the burst;
 5. a hot reload under 8 clients: a version renamed into a temporary
    repository, then one copied file by file with ``variables/`` last (as
-   ``cp -r`` does): failed requests and the versions served.
+   ``cp -r`` does): failed requests and the versions served;
+6. maximum-size PNGs sent with a 50 ms deadline: the server CPU they cost,
+   against the CPU of one that completes.
 
 Server RSS is /proc/<pid>/status VmRSS sampled at 10 Hz. Flags the server
 may not have yet (upload timeouts, memory budget) are looked up in
@@ -76,10 +78,11 @@ class Durations:
     bursts: tuple[int, ...]  # scenario 4: concurrent maximum-size requests
     settle_s: float  # scenario 4: RSS read this long after a burst
     reload_calm_s: float  # scenario 5: load before, between and after the reloads
+    late_requests: int  # scenario 6: maximum-size requests sent with a 50 ms deadline
 
 
-FULL = Durations(60.0, 10_000, 500, (4, 8), 10.0, 5.0)
-QUICK = Durations(8.0, 600, 100, (2,), 10.0, 2.0)
+FULL = Durations(60.0, 10_000, 500, (4, 8), 10.0, 5.0, 5)
+QUICK = Durations(8.0, 600, 100, (2,), 10.0, 2.0, 2)
 
 
 # -- the server and what it reports --------------------------------------------
@@ -517,6 +520,56 @@ def burst(server: ServerProcess, png: bytes, concurrent: int, settle_s: float) -
     return BurstResult(concurrent, answers, idle, max(rss.samples), rss.samples[-1])
 
 
+# -- 6: work after the deadline --------------------------------------------------------
+LATE_TARGET = 0.10  # CPU spent on a request whose deadline passed, against a completed one
+LATE_DEADLINE_S = 0.05
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class LateResult:
+    completed_cpu_s: float  # server CPU of one completed maximum-size request
+    late_cpu_s: float  # server CPU per request sent with a 50 ms deadline
+    late_codes: collections.Counter[str]
+
+    @property
+    def ratio(self) -> float:
+        return self.late_cpu_s / self.completed_cpu_s
+
+
+def late_work(server: ServerProcess, png: bytes, count: int) -> LateResult:
+    """Server CPU of a completed maximum-size request, then per request of
+    ``count`` sent with a 50 ms deadline (measured once each had 3 s to stop)."""
+    pid = server.process.pid
+    answers = Answers()
+    with channel(server.target) as ch:
+        stub = pb_grpc.AttentionSamplingStub(ch)
+        before = cpu_seconds(pid)
+        stub.Predict(pb.PredictRequest(image=png, seed=1), timeout=600)
+        completed = cpu_seconds(pid) - before
+        background = idle_cpu_per_s(pid)
+        started, before = time.monotonic(), cpu_seconds(pid)
+        for index in range(count):
+            request = pb.PredictRequest(image=png, seed=index)
+            answers.call(lambda r=request: stub.Predict(r, timeout=LATE_DEADLINE_S))
+        time.sleep(3)
+        spent, elapsed = cpu_seconds(pid) - before, time.monotonic() - started
+    late = (spent - background * elapsed) / count
+    return LateResult(completed, max(late, 0.0), answers.codes)
+
+
+def idle_cpu_per_s(pid: int) -> float:
+    """The server's background CPU per second (health checks, polling)."""
+    before = cpu_seconds(pid)
+    time.sleep(2)
+    return (cpu_seconds(pid) - before) / 2
+
+
 # -- 5: hot reload -----------------------------------------------------------------
 @dataclasses.dataclass
 class ReloadResult:
@@ -641,6 +694,7 @@ def report(
     bursts: list[BurstResult],
     image_side: int,
     reload: ReloadResult,
+    late: LateResult,
     minutes: float,
 ) -> str:
     config = run.config
@@ -713,6 +767,9 @@ def report(
         + f" | {verdict(all(s <= SETTLE_TARGET for s in settle))} |",
         f"| no failed request during a hot reload | {reload.answers.failed()} failed of "
         f"{reload.answers.total} | {verdict(reload.answers.failed() == 0)} |",
+        f"| CPU after a {LATE_DEADLINE_S * 1000:.0f} ms deadline under {LATE_TARGET:.0%} of a completed "
+        f"request's | {late.late_cpu_s:.3f} s vs {late.completed_cpu_s:.2f} s ({late.ratio:.1%}) | "
+        f"{verdict(late.ratio < LATE_TARGET)} |",
         "",
         f"## 1-2. Load: 16 clients, {durations.load_s:g} s, 1500x1500 canvas PNG",
         "",
@@ -796,6 +853,15 @@ def report(
         "- Version 4 seen FAILED before its variables arrived: "
         f"{'yes' if reload.naive_copy_failed_first else 'no'}; READY once the copy completed, without a "
         f"restart: {'yes' if reload.naive_copy_ready else 'no'}.",
+        "",
+        f"## 6. Work after the deadline: {image_side}x{image_side} RGB PNG",
+        "",
+        f"One request completed, then {durations.late_requests} sent one after another with a "
+        f"{LATE_DEADLINE_S * 1000:.0f} ms deadline; server CPU (/proc/<pid>/stat) measured 3 s after the "
+        "last, less the idle server's background CPU.",
+        "",
+        f"- Completed: {late.completed_cpu_s:.2f} s of CPU. With the deadline: {late.late_cpu_s:.3f} s per "
+        f"request ({late.ratio:.1%}); answers {codes_text(late.late_codes)}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -833,6 +899,9 @@ def main() -> None:
             with run.server(f"burst {concurrent}") as server:
                 bursts.append(burst(server, largest, concurrent, durations.settle_s))
             progress(started, f"burst of {concurrent}", bursts[-1].answers)
+        with run.server("late") as server:
+            late = late_work(server, largest, durations.late_requests)
+        progress(started, "late", Answers())
         del largest
         repository = pathlib.Path(workdir) / "repository"
         shutil.copytree(ROOT / "models" / SHIPPED / "2", repository / SHIPPED / "2")
@@ -840,7 +909,7 @@ def main() -> None:
             reload = hot_reload(repository, server, png, durations.reload_calm_s)
         progress(started, "hot reload", reload.answers)
     text = report(
-        args, run, durations, loads, stormed, bursts, side, reload, (time.monotonic() - started) / 60
+        args, run, durations, loads, stormed, bursts, side, reload, late, (time.monotonic() - started) / 60
     )
     if output:
         pathlib.Path(output).write_text(text)
