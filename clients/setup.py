@@ -70,7 +70,7 @@ GRPCIO, PROTOBUF = _generated_code_floors()
 
 setup(
     packages=find_packages(include=["ats_client", "ats_client.*", "ats_api", "ats_api.*"]),
-    package_data={"ats_api.v1": ["*.pyi"]},
+    package_data={"ats_api.v1": ["*.pyi"], "ats_api.oip.v2": ["*.pyi"]},
     install_requires=[
         f"grpcio>={GRPCIO}",
         "grpcio-health-checking>=1.66",

@@ -18,6 +18,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "ats_api" / "v1"
+# Every API the server speaks, each generated into the same-named package.
+PROTO_DIRS = (PROTO_DIR, ROOT / "ats_api" / "oip" / "v2")
 
 
 def generate_stubs(out_dir: pathlib.Path | str) -> list[pathlib.Path]:
@@ -30,11 +32,12 @@ def generate_stubs(out_dir: pathlib.Path | str) -> list[pathlib.Path]:
     from grpc_tools import protoc  # build-time dependency
 
     out = pathlib.Path(out_dir).resolve()
-    protos = sorted(PROTO_DIR.glob("*.proto"))
+    protos = sorted(p for d in PROTO_DIRS for p in d.glob("*.proto"))
     if not protos:
         raise RuntimeError(f"no .proto files under {PROTO_DIR}")
-    package_dir = out / PROTO_DIR.relative_to(ROOT)
-    package_dir.mkdir(parents=True, exist_ok=True)
+    package_dirs = [out / d.relative_to(ROOT) for d in PROTO_DIRS]
+    for package_dir in package_dirs:
+        package_dir.mkdir(parents=True, exist_ok=True)
     well_known = pathlib.Path(grpc_tools.__file__).resolve().parent / "_proto"
     args = [
         "grpc_tools.protoc",
@@ -47,7 +50,7 @@ def generate_stubs(out_dir: pathlib.Path | str) -> list[pathlib.Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on " + ", ".join(p.name for p in protos))
-    return sorted(package_dir.glob("*_pb2*.py*"))
+    return sorted(p for d in package_dirs for p in d.glob("*_pb2*.py*"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from ats_api.oip.v2 import open_inference_pb2 as oip_pb
 from ats_api.v1 import attention_sampling_pb2 as pb
 from service.admission import Admission
 from service.budget import MemoryBudget
@@ -40,6 +41,7 @@ from service.server.auth import AuthInterceptor, TokenFile
 from service.server.files import CredentialFileError
 from service.server.health import ReadinessHealth
 from service.server.interceptor import MetricsInterceptor
+from service.server.oip import OpenInferenceServicer
 from service.server.registration import ParseErrorInterceptor, add_servicer
 from service.server.servicer import AttentionSamplingServicer
 from service.server.tls import (
@@ -198,10 +200,16 @@ class Server:
             AttentionSamplingServicer(self.plane, config.max_message_bytes),
             pb.DESCRIPTOR.services_by_name["AttentionSampling"],
         )
+        add_servicer(
+            server,
+            OpenInferenceServicer(self.plane, self.health.servicer),
+            oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
             (
                 pb.DESCRIPTOR.services_by_name["AttentionSampling"].full_name,
+                oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

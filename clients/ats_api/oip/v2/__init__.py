@@ -1,0 +1,1 @@
+"""Open Inference Protocol (KServe v2) gRPC stubs (package ``inference``), generated at build time."""

@@ -1,0 +1,114 @@
+"""The Open Inference Protocol (KServe v2) gRPC servicer,
+``inference.GRPCInferenceService``: protocol only, like the ats.v1 servicer.
+Inference goes through the same data plane (admission, limits, metrics under
+the RPC's name, errors through ``service.server.status``), so a stock
+tritonclient or KServe client calls the same models the same way."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from ats_api.oip.v2 import open_inference_pb2 as pb
+from ats_api.oip.v2 import open_inference_pb2_grpc as pb_grpc
+from service.dataplane import DataPlane, PredictCall
+from service.errors import ServiceError
+from service.models.repository import State
+from service.pipeline.payload import Payload
+from service.server import oip_convert, status
+from service.server.servicer import parsed
+from service.uploads import Upload
+
+SERVER_NAME = "ats-serve"
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("attention-sampling-serving")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``health`` answers ServerReady: the server's overall health entry, so
+    draining and the process's vitals count as they do for probes."""
+
+    def __init__(self, plane: DataPlane, health_servicer: health.aio.HealthServicer) -> None:
+        self._plane = plane
+        self._health = health_servicer
+        self._version = _server_version()
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        try:
+            parsed(request)
+        except ServiceError as err:
+            await status.abort(context, err)
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        try:
+            parsed(request)
+        except ServiceError as err:
+            await status.abort(context, err)
+        # The overall entry "" always exists, so Check never aborts through our context.
+        check = await self._health.Check(health_pb2.HealthCheckRequest(service=""), context)
+        return pb.ServerReadyResponse(ready=check.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        """Ready when the version asked (any, for an empty one) is READY; an
+        unknown model or version is simply not ready."""
+        try:
+            name: str = parsed(request).name
+            number = oip_convert.version_number(request.version)
+            models = self._plane.models
+            versions = models.snapshot().get(models.model_name(name), [])
+        except ServiceError as err:
+            await status.abort(context, err)
+        ready = any(e.state is State.READY and number in (0, e.version) for e in versions)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        try:
+            parsed(request)
+        except ServiceError as err:
+            await status.abort(context, err)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            name, versions = self._plane.model_versions("ModelMetadata", parsed(request).name)
+            oip_convert.version_entry(versions, name, request.version)
+        except ServiceError as err:
+            await status.abort(context, err)
+        return oip_convert.metadata(name, versions)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        async def payload(upload: Upload) -> Payload:
+            image = oip_convert.image(request)
+            upload.hold(image.nbytes())
+            return image.payload()
+
+        async def read() -> PredictCall:
+            message: pb.ModelInferRequest = parsed(request)
+            oip_convert.requested_outputs(message)  # refused before the model runs
+            return oip_convert.predict_call(message, payload)
+
+        try:
+            served = await self._plane.predict("ModelInfer", read, context)
+        except ServiceError as err:
+            await status.abort(context, err)
+        return oip_convert.response(served, request, oip_convert.requested_outputs(request))

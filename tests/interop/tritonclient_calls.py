@@ -1,0 +1,142 @@
+"""Calls made with the stock ``tritonclient`` package, run by the Python of
+the virtual environment it is installed in (never by the test process: its
+``inference.*`` descriptors would clash with the server's own in one
+protobuf pool). Standard library, numpy and tritonclient only.
+
+    python tritonclient_calls.py SCENARIO TARGET [ARGS...]   # prints one JSON object
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+MODEL = "tiny"
+OUTPUTS = ("probabilities", "label", "attention_map", "patch_boxes", "patch_attention")
+
+
+def _client(target: str) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(url=target)
+
+
+def health(target: str) -> dict[str, Any]:
+    client = _client(target)
+    return {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "model": client.is_model_ready(MODEL),
+        "model_v1": client.is_model_ready(MODEL, "1"),
+        "model_v9": client.is_model_ready(MODEL, "9"),
+        "unknown_model": client.is_model_ready("no-such-model"),
+        "server": client.get_server_metadata(as_json=True),
+    }
+
+
+def metadata(target: str) -> dict[str, Any]:
+    return _client(target).get_model_metadata(MODEL, as_json=True)
+
+
+def _input(name: str, path: str) -> grpcclient.InferInput:
+    """``image``/``tile_path``: one BYTES element (the file's bytes or the path); ``pixels``: a .npy file."""
+    if name == "pixels":
+        array = np.load(path)
+        tensor = grpcclient.InferInput("pixels", list(array.shape), "UINT8")
+        tensor.set_data_from_numpy(array)
+        return tensor
+    data = open(path, "rb").read() if name == "image" else path.encode()  # noqa: SIM115
+    tensor = grpcclient.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+    return tensor
+
+
+def infer(target: str, name: str, path: str, seed: str, *outputs: str) -> dict[str, Any]:
+    """Every requested output (all when none is named) read with as_numpy."""
+    result = _client(target).infer(
+        MODEL,
+        [_input(name, path)],
+        outputs=[grpcclient.InferRequestedOutput(o) for o in outputs] or None,
+        parameters={"seed": int(seed), "n_patches": 3, "mode": "sample", "some_other_parameter": "ignored"},
+    )
+    response = result.get_response(as_json=True)
+    arrays = {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
+    return {
+        "model_name": response["model_name"],
+        "model_version": response["model_version"],
+        "parameters": response.get("parameters", {}),
+        "order": [o["name"] for o in response["outputs"]],
+        "outputs": {
+            name: {
+                "dtype": str(array.dtype),
+                "shape": list(array.shape),
+                "values": [v.decode() for v in array.ravel()] if array.dtype == object else array.tolist(),
+            }
+            for name, array in arrays.items()
+        },
+    }
+
+
+def _error(call: Callable[[], object]) -> dict[str, str]:
+    try:
+        call()
+    except InferenceServerException as error:
+        return {"status": str(error.status()), "message": str(error.message())}
+    return {"status": "OK", "message": ""}
+
+
+def errors(target: str, image_path: str) -> dict[str, dict[str, str]]:
+    """Each documented refusal, as the client reports it."""
+    client = _client(target)
+    image = _input("image", image_path)
+    as_float = grpcclient.InferInput("pixels", [2, 2, 3], "FP32")
+    as_float.set_data_from_numpy(np.zeros((2, 2, 3), np.float32))
+    two = grpcclient.InferInput("image", [2], "BYTES")
+    two.set_data_from_numpy(np.array([b"a", b"b"], dtype=np.object_))
+    flat = grpcclient.InferInput("pixels", [12], "UINT8")
+    flat.set_data_from_numpy(np.zeros(12, np.uint8))
+    return {
+        "datatype": _error(lambda: client.infer(MODEL, [as_float])),
+        "shape": _error(lambda: client.infer(MODEL, [two])),
+        "pixels_shape": _error(lambda: client.infer(MODEL, [flat])),
+        "unknown_model": _error(lambda: client.infer("no-such-model", [image])),
+        "unknown_version": _error(lambda: client.infer(MODEL, [image], model_version="9")),
+        "bad_version": _error(lambda: client.infer(MODEL, [image], model_version="latest")),
+        "unknown_output": _error(
+            lambda: client.infer(MODEL, [image], outputs=[grpcclient.InferRequestedOutput("logits")])
+        ),
+        "corrupt_image": _error(lambda: client.infer(MODEL, [_input("image", __file__)])),
+        "metadata_unknown_model": _error(lambda: client.get_model_metadata("no-such-model")),
+        "metadata_unknown_version": _error(lambda: client.get_model_metadata(MODEL, "9")),
+    }
+
+
+def descriptors() -> dict[str, Any]:
+    """Every message of tritonclient's generated service module: fields by name
+    as (number, type, repeated, message type), and the service's methods."""
+    from tritonclient.grpc import service_pb2
+
+    messages: dict[str, dict[str, list[Any]]] = {}
+
+    def add(message: Any) -> None:
+        messages[message.full_name] = {
+            f.name: [f.number, f.type, f.is_repeated, f.message_type.full_name if f.message_type else ""]
+            for f in message.fields
+        }
+        for nested in message.nested_types:
+            add(nested)
+
+    for message in service_pb2.DESCRIPTOR.message_types_by_name.values():
+        add(message)
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    methods = {m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods}
+    return {"messages": messages, "service": service.full_name, "methods": methods}
+
+
+if __name__ == "__main__":
+    scenario, *args = sys.argv[1:]
+    print(json.dumps(globals()[scenario](*args)))
