@@ -167,6 +167,15 @@ def _with_tag(data: bytes, tag: int, value: int) -> bytes:
     raise ValueError(f"no tag {tag}")
 
 
+def _first_page_pointing_at_itself(data: bytes) -> bytes:
+    """A little-endian classic TIFF whose first page names itself as the next page."""
+    forged = bytearray(data)
+    (ifd,) = struct.unpack_from("<I", forged, 4)
+    (count,) = struct.unpack_from("<H", forged, ifd)
+    struct.pack_into("<I", forged, ifd + 2 + 12 * count, ifd)
+    return bytes(forged)
+
+
 def _jpeg_frames_claiming(data: bytes, side: int) -> bytes:
     """``data`` with every JPEG frame header (SOF0) claiming ``side`` x ``side`` pixels."""
     forged = bytearray(data)
@@ -197,4 +206,6 @@ def seeds() -> dict[str, bytes]:
         "truncated.tif": tiled[: len(tiled) // 2],
         "bigtiff_header.tif": b"II+\0\x08\0\0\0" + struct.pack("<Q", 16),
         "jpeg_tiles_claiming_65000.tif": _jpeg_frames_claiming(rgb_jpeg, 65000),
+        "page_chain_loop.tif": _first_page_pointing_at_itself(tiled),
+        "subifd_cycle.tif": _with_tag(tiled, 330, struct.unpack_from("<I", tiled, 4)[0]),
     }
