@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from ats_api.oip.v2 import open_inference_pb2 as oip
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_client.client import channel_credentials
 from service.config import AuthGroup
@@ -40,6 +41,17 @@ GOOD_CALLS: dict[str, list[bytes]] = {
     ],
     "/ats.v1.AttentionSampling/GetModelMetadata": [pb.GetModelMetadataRequest().SerializeToString()],
     "/ats.v1.AttentionSampling/ListModels": [pb.ListModelsRequest().SerializeToString()],
+    "/inference.GRPCInferenceService/ServerLive": [oip.ServerLiveRequest().SerializeToString()],
+    "/inference.GRPCInferenceService/ServerReady": [oip.ServerReadyRequest().SerializeToString()],
+    "/inference.GRPCInferenceService/ModelReady": [oip.ModelReadyRequest(name="tiny").SerializeToString()],
+    "/inference.GRPCInferenceService/ServerMetadata": [oip.ServerMetadataRequest().SerializeToString()],
+    "/inference.GRPCInferenceService/ModelMetadata": [oip.ModelMetadataRequest().SerializeToString()],
+    "/inference.GRPCInferenceService/ModelInfer": [
+        oip.ModelInferRequest(
+            inputs=[oip.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])],
+            raw_input_contents=[len(PNG).to_bytes(4, "little") + PNG],
+        ).SerializeToString()
+    ],
     "/grpc.health.v1.Health/Check": [health_pb2.HealthCheckRequest().SerializeToString()],
     "/grpc.health.v1.Health/Watch": [health_pb2.HealthCheckRequest().SerializeToString()],
     "/grpc.health.v1.Health/List": [health_pb2.HealthListRequest().SerializeToString()],
