@@ -96,21 +96,28 @@ class MemoryBudget:
         if idle:  # the end of a burst: give memory back now rather than at the next periodic trim
             self.trim_if_due()
 
-    def trim_if_due(self) -> bool:
-        """Hand free heap memory back to the system once enough was released.
+    def trim_if_due(self, threshold: int = TRIM_AFTER_BYTES) -> bool:
+        """Hand free heap memory back to the system once ``threshold`` bytes
+        were released since the last trim.
 
         glibc keeps what decodes freed in its per-thread arenas, so without
         this RSS stays at the peak of a burst and creeps up under mixed load.
         Called when the last reservation is released, and every second by
-        the server for load that never leaves the budget idle (not per
-        request: a trim walks every arena)."""
+        the server (:meth:`periodic_trim`); not per request: a trim walks
+        every arena."""
         with self._cond:
-            due = self._released_since_trim >= TRIM_AFTER_BYTES
+            due = self._released_since_trim >= max(threshold, 1)
             if due:
                 self._released_since_trim = 0
         if due:
             self._trim()
         return due
+
+    def periodic_trim(self) -> bool:
+        """The server's once-a-second trim: after 64 MiB released under load,
+        or after any release once nothing is reserved (what the requests that
+        just ended still freed after their reservations went)."""
+        return self.trim_if_due(1 if self.in_use == 0 else TRIM_AFTER_BYTES)
 
     def exhausted_for(self) -> float | None:
         """Seconds requests have been refused for lack of memory without one

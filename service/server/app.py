@@ -239,7 +239,7 @@ class Server:
 
     def _watch_vitals(self) -> None:
         while not self._stopping.wait(VITALS_INTERVAL):
-            self.memory.trim_if_due()
+            self.memory.periodic_trim()
             self.health.refresh()
 
     def _on_model_change(self, name: str, version: int, state: State) -> None:

@@ -57,3 +57,14 @@ def test_the_last_release_of_a_burst_trims_at_once():
     budget.reserve(budget_module.TRIM_AFTER_BYTES, 0.0, "large")
     budget.release(budget_module.TRIM_AFTER_BYTES)
     assert not budget.trim_if_due()  # already done by the release
+
+
+def test_the_periodic_trim_catches_what_was_freed_after_the_last_release():
+    budget = MemoryBudget(1 << 30)
+    budget.reserve(1, 0.0, "held")
+    budget.reserve(10, 0.0, "small")
+    budget.release(10)
+    assert not budget.periodic_trim()  # under load: waits for 64 MiB
+    budget.release(1)  # idle, too little for an immediate trim
+    assert budget.periodic_trim()  # idle: any release is enough
+    assert not budget.periodic_trim()
