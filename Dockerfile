@@ -76,16 +76,20 @@ COPY --from=builder /opt/venv /opt/venv
 COPY models/ /opt/ats/models/
 # A bare ats-serve binds loopback only; in a container, the published ports
 # reach it through the container's own interface, so bind them all.
+# The plaintext health-only port answers the HEALTHCHECK below and
+# Kubernetes' gRPC probes whatever TLS the gRPC port speaks (neither can
+# present certificates); it serves grpc.health.v1 and nothing else.
 ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
     ATS_HOST=0.0.0.0 \
     ATS_PORT=8500 \
     ATS_METRICS_PORT=8502 \
+    ATS_HEALTH_PORT=8503 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/ats
 USER 10001:10001
-EXPOSE 8500 8502
-# Shell form on purpose: a port set with -e ATS_PORT=... is the one checked.
+EXPOSE 8500 8502 8503
+# Shell form on purpose: a port set with -e ATS_HEALTH_PORT=... is the one checked.
 # hadolint ignore=DL3025
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ats-client health --server "localhost:${ATS_PORT}" --timeout 4
+    CMD ats-client health --server "localhost:${ATS_HEALTH_PORT}" --timeout 4
 ENTRYPOINT ["ats-serve"]

@@ -365,8 +365,10 @@ def test_runtime_stage_runs_the_server_as_configured():
         "a bare server binds loopback; the container binds every interface, or no published port reaches it"
     )
     ports = {int(p) for i in runtime.all("EXPOSE") for p in i.args.split()}
-    assert ports == {int(env["ATS_PORT"]), int(env["ATS_METRICS_PORT"])} == {8500, 8502}
+    served = {int(env[name]) for name in ("ATS_PORT", "ATS_METRICS_PORT", "ATS_HEALTH_PORT")}
+    assert ports == served == {8500, 8502, 8503}
     assert int(env["ATS_PORT"]) == Config.port and int(env["ATS_METRICS_PORT"]) == Config.metrics_port
+    assert Config.health_port == 0, "the health-only port is the image's choice, off for a bare server"
     entrypoint = runtime.all("ENTRYPOINT")[-1].json_args()
     assert entrypoint == ["ats-serve"] and entrypoint[0] in console_scripts()
     assert console_scripts()["ats-serve"] == "service.server.main:main"
@@ -389,10 +391,12 @@ def test_shipped_models_are_the_default_repository():
 
 
 def test_healthcheck_asks_the_grpc_health_service():
+    """On the plaintext health-only port: it answers whatever TLS the gRPC port speaks."""
     runtime = stage("runtime")
-    check = runtime.healthcheck({"ATS_PORT": "9123"})
+    check = runtime.healthcheck({"ATS_HEALTH_PORT": "9123"})
     assert check[:2] == ["ats-client", "health"] and check[0] in console_scripts()
     assert check[check.index("--server") + 1] == "localhost:9123", "checks the port the server listens on"
+    assert not [word for word in check if word.startswith(("--tls", "--token"))]
     docker_timeout = re.search(r"--timeout=(\d+)s", runtime.all("HEALTHCHECK")[-1].args)
     assert float(check[check.index("--timeout") + 1]) < int(docker_timeout.group(1)), (
         "the client must give up before Docker kills it"
@@ -483,8 +487,12 @@ def test_install_script_gpu_variant_only_swaps_in_tensorflows_cuda_wheels(tmp_pa
 
 def test_every_documented_setting_exists():
     """ATS_* names in the deployment files and docs are server settings, the
-    op build's settings, or the client's server address."""
-    known = server_config_env() | build_settings() | {"ATS_SERVER"}
+    op build's settings, or the client's (server address, token)."""
+    client = set(
+        re.findall(r'environ\.get\("(ATS_[A-Z0-9_]+)"', (ROOT / "clients/ats_client/cli.py").read_text())
+    )
+    assert client == {"ATS_SERVER", "ATS_TOKEN"}
+    known = server_config_env() | build_settings() | client
     files = [
         DOCKERFILE,
         ROOT / "docker" / "README.md",

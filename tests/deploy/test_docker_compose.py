@@ -8,14 +8,16 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import stat
 import subprocess
 import urllib.parse
 
 import yaml
 
-from service.config import Config, env_name
-from tests.deploy.test_docker import ROOT, stage
-from tests.security.support import Pki, compose_scrape_job
+from service.config import AuthGroup, Config, env_name, load_config
+from service.server.files import exposure
+from tests.deploy.test_docker import ROOT, root_image, stage
+from tests.security.support import Pki, compose_scrape_job, dev_certs
 
 DOCKER = ROOT / "docker"
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
@@ -34,12 +36,44 @@ def mounts(name: str) -> dict[str, pathlib.Path]:
     result = {}
     for volume in service(name).get("volumes", []):
         source, target = volume.split(":")[:2]
-        result[target] = (DOCKER / source).resolve()
+        if source.startswith((".", "/")):
+            result[target] = (DOCKER / source).resolve()
+    return result
+
+
+def volumes(name: str) -> dict[str, str]:
+    """Container path -> 'volume[:ro]' of each named volume a compose service mounts."""
+    result = {}
+    for volume in service(name).get("volumes", []):
+        source, target, *options = volume.split(":")
+        if not source.startswith((".", "/")):
+            result[target] = ":".join([source, *options])
     return result
 
 
 def published_ports(name: str) -> dict[int, int]:
     return {int(c): int(h) for h, c in (p.split(":") for p in service(name)["ports"])}
+
+
+def installed_secrets() -> dict[str, tuple[str, int, int, str]]:
+    """What the service "secrets" installs: container path -> (source file
+    name, mode, owner uid, group gid) (owner and group 0: root's)."""
+    installed = {}
+    for command in service("secrets")["command"][0].split(";"):
+        words = command.split()
+        if not words or words[0] != "install" or "-d" in words:
+            continue
+        options = dict(zip(words[1:-1:2], words[2:-1:2], strict=False))
+        sources = [w for w in words[1:-1] if w.startswith("/in/")]
+        for source in sources:
+            name = source.removeprefix("/in/")
+            installed[words[-1] + name] = (
+                name,
+                int(options["-m"], 8),
+                int(options.get("-o", 0)),
+                int(options.get("-g", 0)),
+            )
+    return installed
 
 
 def grafana_file(container_path: str) -> pathlib.Path:
@@ -56,7 +90,7 @@ def provisioned(kind: str) -> list[dict]:
 
 
 def test_stack_has_server_prometheus_and_grafana():
-    assert set(compose()["services"]) == {"server", "prometheus", "grafana"}
+    assert set(compose()["services"]) == {"secrets", "server", "prometheus", "grafana"}
 
 
 def promtool_check(config: pathlib.Path, *flags: str) -> None:
@@ -87,7 +121,8 @@ def test_server_is_built_from_the_dockerfile_and_publishes_its_ports():
     assert (ROOT / server["build"]["dockerfile"]).resolve() == ROOT / "Dockerfile"
     assert server["build"]["args"]["VARIANT"] in {"cpu", "gpu"}
     exposed = {int(p) for i in stage("runtime").all("EXPOSE") for p in i.args.split()}
-    assert set(published_ports("server")) == exposed
+    health = int(stage("runtime").env()["ATS_HEALTH_PORT"])
+    assert set(published_ports("server")) == exposed - {health}, "the health port stays in the container"
 
 
 def test_server_settings_are_real_and_stop_waits_for_the_drain():
@@ -111,6 +146,63 @@ def test_prometheus_scrapes_the_server_metrics_port():
     targets = [t for c in job["static_configs"] for t in c["targets"]]
     assert targets == [f"server:{Config.metrics_port}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job["scheme"] == "https"
+    assert targets[0].split(":")[0] in dev_certs.SERVER_NAMES, "the server certificate names the target"
+
+
+SECRETS = "/run/ats-secrets"
+# prom/prometheus runs as nobody.
+PROMETHEUS_UID = 65534
+
+
+def server_config() -> Config:
+    environment = {k: str(v) for k, v in service("server")["environment"].items()}
+    config, _ = load_config([], environ=environment)
+    return config
+
+
+def test_the_stack_runs_with_tls_tokens_and_https_metrics():
+    config = server_config()
+    assert config.tls_cert and config.auth_tokens_file and config.metrics_tls_client_ca
+    assert config.restricted_groups() == {AuthGroup.INFERENCE, AuthGroup.METADATA}
+    assert config.health_port == 0 and int(stage("runtime").env()["ATS_HEALTH_PORT"]) > 0, (
+        "the image's health port answers its HEALTHCHECK"
+    )
+
+
+def test_secrets_are_installed_for_the_user_that_reads_each(tmp_path):
+    """Every file the server and Prometheus read is copied by the service
+    "secrets" from docker/secrets/ (as make-dev-certs.py names them) into the
+    shared volume, keys private to their reader."""
+    installed = installed_secrets()
+    made = {p.name for p in Pki.make(tmp_path / "pki").folder.iterdir()}
+    assert {name for name, *_ in installed.values()} <= made
+    assert mounts("secrets")["/in"] == DOCKER / "secrets"
+    assert volumes("secrets") == {SECRETS: "ats-secrets"}
+    assert volumes("server") == volumes("prometheus") == {SECRETS: "ats-secrets:ro"}
+    assert "ats-secrets" in compose()["volumes"]
+    assert service("server")["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    assert service("secrets")["image"] == root_image("runtime", "cpu"), "no image beyond the build's"
+
+    uid = int(stage("runtime").all("USER")[-1].args.split(":")[0])
+    config = server_config()
+    for path, is_key in (
+        (config.tls_cert, False),
+        (config.tls_key, True),
+        (config.auth_tokens_file, False),
+        (config.metrics_tls_cert, False),
+        (config.metrics_tls_key, True),
+        (config.metrics_tls_client_ca, False),
+    ):
+        name, mode, owner, _ = installed[path]
+        assert name.endswith("-key.pem") == is_key, path
+        assert (mode & stat.S_IRUSR and owner == uid) or mode & stat.S_IROTH, f"{path} unreadable"
+        if is_key:
+            assert exposure(stat.S_IFREG | mode, owner, uid) is None, path
+    prometheus_files = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]["tls_config"]
+    for key in ("ca_file", "cert_file", "key_file"):
+        _, mode, owner, _ = installed[prometheus_files[key]]
+        assert (mode == 0o400 and owner == PROMETHEUS_UID) if key == "key_file" else mode == 0o444, key
 
 
 def test_grafana_datasource_is_the_compose_prometheus():

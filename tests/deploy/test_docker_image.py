@@ -122,7 +122,8 @@ def test_runtime_stage_serves_the_shipped_models_and_passes_its_healthcheck(imag
     replay_copies("runtime", image_root)
     env = dict(os.environ, **stage_env(image_root, "runtime"))
     env["PATH"] = f"{pathlib.Path(env['VIRTUAL_ENV']) / 'bin'}:{os.environ['PATH']}"
-    env["ATS_PORT"], env["ATS_METRICS_PORT"] = str(free_port()), str(free_port())
+    for port in ("ATS_PORT", "ATS_METRICS_PORT", "ATS_HEALTH_PORT"):
+        env[port] = str(free_port())
     healthcheck = runtime.healthcheck(env)
     workdir = under(image_root, runtime.all("WORKDIR")[-1].args)
     log = tmp_path / "server.log"

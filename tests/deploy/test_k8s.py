@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import stat
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import Config, env_name, load_config, memory_ceiling
+from service.config import AuthGroup, Config, env_name, load_config, memory_ceiling
+from service.server.files import exposure
 from tests.deploy.test_docker import stage
+from tests.security.support import dev_certs
 from tests.support import REPO_ROOT
 
 K8S = REPO_ROOT / "docker" / "k8s"
@@ -64,19 +67,25 @@ def test_manifest_is_valid_kubernetes(document):
     kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
-def test_probes_are_grpc_health_checks_on_the_server_port():
+def test_probes_are_grpc_health_checks_on_the_health_port():
+    """The kubelet's gRPC probe speaks no TLS: it asks the plaintext health-only port."""
     probes = {kind: container()[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     for kind, probe in probes.items():
         assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, kind
-        assert probe["grpc"]["port"] == setting("port") == 8500, kind
+        assert probe["grpc"]["port"] == setting("health_port") == 8503, kind
         assert probe["grpc"].get("service", "") == "", f"{kind}: the overall entry follows readiness"
+    assert setting("tls_cert"), "the gRPC port speaks TLS, which the probes could not"
     startup = probes["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model loading needs time"
 
 
 def test_container_ports_are_the_server_ports():
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    assert ports == {"grpc": setting("port"), "metrics": setting("metrics_port")}
+    assert ports == {
+        "grpc": setting("port"),
+        "metrics": setting("metrics_port"),
+        "health": setting("health_port"),
+    }
     assert set(ports.values()) == {int(p) for i in stage("runtime").all("EXPOSE") for p in i.args.split()}
 
 
@@ -152,7 +161,7 @@ def test_services_select_the_pods_and_target_named_container_ports():
             assert port["targetPort"] in port_numbers, port
             assert port["port"] == port_numbers[port["targetPort"]], port
     main = one("Service", "ats-server")
-    assert {p["name"] for p in main["spec"]["ports"]} == {"grpc", "metrics"}
+    assert {p["name"] for p in main["spec"]["ports"]} == {"grpc", "metrics"}, "health stays in the pod"
 
 
 def test_headless_service_publishes_only_ready_pods_for_client_side_balancing():
@@ -164,9 +173,43 @@ def test_headless_service_publishes_only_ready_pods_for_client_side_balancing():
     assert "round_robin" in note and "dns:///ats-server-headless" in note
 
 
+def test_secrets_reach_the_server_as_files_only_it_reads():
+    """TLS files and tokens from Secret volumes updated in place (no subPath),
+    root-owned and shared with the pod's fsGroup only: what the server's key
+    rule accepts (service.server.files.exposure)."""
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = config_from(container_env())
+    assert config.restricted_groups() == {AuthGroup.INFERENCE, AuthGroup.METADATA}
+    assert config.metrics_tls_client_ca, "metrics over HTTPS for scrapers with a certificate"
+    files = {
+        config.tls_cert: ("ats-server-tls", "tls.crt"),
+        config.tls_key: ("ats-server-tls", "tls.key"),
+        config.metrics_tls_cert: ("ats-server-tls", "tls.crt"),
+        config.metrics_tls_key: ("ats-server-tls", "tls.key"),
+        config.metrics_tls_client_ca: ("ats-server-tls", "ca.crt"),
+        config.auth_tokens_file: ("ats-server-tokens", "tokens"),
+    }
+    for path, (secret, key) in files.items():
+        folder, _, name = path.rpartition("/")
+        mount = mounts[folder]
+        assert mount["readOnly"] and "subPath" not in mount, path
+        volume = volumes[mount["name"]]["secret"]
+        assert (volume["secretName"], name) == (secret, key), path
+        assert exposure(stat.S_IFREG | volume["defaultMode"], 0, pod["securityContext"]["runAsUser"]) is None
+        assert volume["defaultMode"] & stat.S_IRGRP, "the server reads it through its fsGroup"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    readme = (K8S.parent / "README.md").read_text()
+    assert all(
+        f"kubectl create secret generic {name}" in readme for name in ("ats-server-tls", "ats-server-tokens")
+    )
+
+
 def test_prometheus_annotations_point_at_the_metrics_port():
     annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/scheme"] == "https"
     assert int(annotations["prometheus.io/port"]) == setting("metrics_port")
     assert annotations["prometheus.io/path"] == "/metrics"
 
@@ -177,7 +220,15 @@ def test_service_monitor_scrapes_the_metrics_port_of_the_service():
     service = one("Service", "ats-server")
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["scheme"] == "https"
+    tls = endpoint["tlsConfig"]
+    assert tls["serverName"] in dev_certs.SERVER_NAMES, "a name the server certificate holds"
+    assert {tls["cert"]["secret"]["key"], tls["keySecret"]["key"], tls["ca"]["secret"]["key"]} == {
+        "tls.crt",
+        "tls.key",
+        "ca.crt",
+    }
 
 
 def test_autoscaler_targets_the_deployment():
