@@ -42,6 +42,8 @@ class ServerProcess:
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.http_port = free_port()  # the OIP REST port (flags may turn it off)
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.log_path = log_path
         command = [
             sys.executable,
@@ -53,6 +55,8 @@ class ServerProcess:
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            "--http-port",
+            str(self.http_port),
             *(["--model-repository", str(repository)] if repository is not None else []),
             *flags,
         ]

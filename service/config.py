@@ -58,6 +58,9 @@ class Config:
     port: int = _setting(8500, "gRPC port")
     metrics_port: int = _setting(8502, "Prometheus /metrics HTTP port (0 disables)")
     metrics_host: str = _setting("", "address the metrics server binds (empty: --host)")
+    http_port: int = _setting(
+        8501, "Open Inference Protocol HTTP/REST port (/v2/...) on --host, TLS as the gRPC port; 0 disables"
+    )
     health_port: int = _setting(
         0,
         "plaintext port serving grpc.health.v1 only, for probes that cannot speak TLS "

@@ -37,6 +37,7 @@ from service.models.repository import ModelRegistry, State
 from service.models.warmup import warm_up
 from service.pipeline import decode
 from service.pipeline.sources import SourceLimits, SourceRegistry
+from service.server import oip_http
 from service.server.auth import AuthInterceptor, TokenFile
 from service.server.files import CredentialFileError
 from service.server.health import ReadinessHealth
@@ -153,6 +154,7 @@ class Server:
         self._grpc: grpc.aio.Server = self._on_loop(self._make_grpc())
         self._health_grpc = self._on_loop(self._make_health_grpc()) if config.health_port else None
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._http: tuple[Any, int] | None = None  # the OIP REST runner and its port
         self._stopping = threading.Event()
 
     def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -266,6 +268,8 @@ class Server:
                 ssl_contexts(self._metrics_tls) if self._metrics_tls is not None else None,
             )
         self._on_loop(self._grpc.start())
+        if config.http_port:
+            self._http = self._on_loop(oip_http.serve(config, self.plane, self.health.servicer, self._tokens))
         if self._health_grpc is not None:
             self._on_loop(self._health_grpc.start())
             log.info("plaintext health-only gRPC on %s:%d", config.host, self.health_port)
@@ -310,6 +314,8 @@ class Server:
         self.health.drain()
         time.sleep(self.config.drain_delay)
         self._on_loop(self._grpc.stop(self.config.grace_period))
+        if self._http is not None:
+            self._on_loop(self._http[0].cleanup())
         if self._health_grpc is not None:
             self._on_loop(self._health_grpc.stop(0))
         self._stopping.set()

@@ -24,7 +24,7 @@ from service.uploads import Upload
 SERVER_NAME = "ats-serve"
 
 
-def _server_version() -> str:
+def server_version() -> str:
     try:
         return importlib.metadata.version("attention-sampling-serving")
     except importlib.metadata.PackageNotFoundError:
@@ -38,7 +38,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, health_servicer: health.aio.HealthServicer) -> None:
         self._plane = plane
         self._health = health_servicer
-        self._version = _server_version()
+        self._version = server_version()
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -111,4 +111,5 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             served = await self._plane.predict("ModelInfer", read, context)
         except ServiceError as err:
             await status.abort(context, err)
-        return oip_convert.response(served, request, oip_convert.requested_outputs(request))
+        names = oip_convert.requested_outputs(request)
+        return oip_convert.response(served, request, names, raw=bool(request.raw_input_contents))

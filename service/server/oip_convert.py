@@ -260,10 +260,12 @@ def _outputs(served: Served) -> dict[str, np.ndarray | list[bytes]]:
     }
 
 
-def response(served: Served, request: pb.ModelInferRequest, names: tuple[str, ...]) -> pb.ModelInferResponse:
-    """The outputs ``names``, in that order: raw when the request sent raw
-    inputs (where stock clients read them), typed contents otherwise."""
-    raw = bool(request.raw_input_contents)
+def response(
+    served: Served, request: pb.ModelInferRequest, names: tuple[str, ...], raw: bool
+) -> pb.ModelInferResponse:
+    """The outputs ``names``, in that order, in ``raw_output_contents`` when
+    ``raw`` (gRPC: when the request sent raw inputs, where stock clients read
+    them), typed contents otherwise."""
     message = pb.ModelInferResponse(
         model_name=served.model.name, model_version=str(served.model.version), id=request.id
     )

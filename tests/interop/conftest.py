@@ -39,7 +39,7 @@ class TritonVenv:
 
 @pytest.fixture(scope="session")
 def triton_venv(tmp_path_factory: pytest.TempPathFactory) -> TritonVenv:
-    """``tritonclient[grpc]`` installed by pip from the index into a fresh venv
+    """``tritonclient[grpc,http]`` installed by pip from the index into a fresh venv
     (pip's own download cache makes reruns cheap)."""
     root = tmp_path_factory.mktemp("tritonclient") / "venv"
     _run([sys.executable, "-m", "venv", root], cwd=root.parent)
@@ -51,7 +51,7 @@ def triton_venv(tmp_path_factory: pytest.TempPathFactory) -> TritonVenv:
             "install",
             "-q",
             "--disable-pip-version-check",
-            "tritonclient[grpc]",
+            "tritonclient[grpc,http]",
         ],
         cwd=root.parent,
     )

@@ -1,7 +1,7 @@
-"""The Open Inference Protocol over gRPC, called by the stock tritonclient
-from PyPI (its own venv, no TensorFlow) against real ``ats-serve`` processes,
-and checked against ats.v1 on the same server: same model, same seed, same
-answer."""
+"""The Open Inference Protocol over gRPC and HTTP/REST, called by the stock
+tritonclient from PyPI (its own venv, no TensorFlow) against real
+``ats-serve`` processes, and checked against ats.v1 on the same server: same
+model, same seed, same answer."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 from ats_api.oip.v2 import open_inference_pb2
 from ats_client import AtsClient
 from bench.common import ServerProcess
+from service.errors import Code
+from service.server.oip_http import HTTP_STATUS
 from tests.interop.conftest import TritonVenv
 from tests.support import TINY_MODEL, encode_image, metric, random_image, scrape
 
@@ -24,6 +26,7 @@ NEWER_THAN_TRITON = {
     "inference.ModelMetadataResponse.properties",
     "inference.ModelMetadataResponse.PropertiesEntry",
 }
+PROTOCOLS = ["grpc", "http"]
 OUTPUTS = ["probabilities", "label", "attention_map", "patch_boxes", "patch_attention"]
 
 
@@ -33,18 +36,26 @@ def test_the_client_venv_holds_tritonclient_and_nothing_of_ours(triton_venv: Tri
     assert not installed & {"tensorflow", "tensorflow-cpu", "keras", "attention-sampling-client"}
 
 
-def test_health_and_server_metadata(triton_venv: TritonVenv, ats_server: ServerProcess) -> None:
-    health = triton_venv.call("health", ats_server.target)
+def target(protocol: str, server: ServerProcess) -> str:
+    return server.target if protocol == "grpc" else f"127.0.0.1:{server.http_port}"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_health_and_server_metadata(
+    triton_venv: TritonVenv, ats_server: ServerProcess, protocol: str
+) -> None:
+    health = triton_venv.call("health", protocol, target(protocol, ats_server))
     assert health["live"] is True and health["ready"] is True
     assert health["model"] is True and health["model_v1"] is True
     assert health["model_v9"] is False and health["unknown_model"] is False
     assert health["server"]["name"] == "ats-serve"
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_model_metadata_lists_the_tensors_and_versions(
-    triton_venv: TritonVenv, ats_server: ServerProcess
+    triton_venv: TritonVenv, ats_server: ServerProcess, protocol: str
 ) -> None:
-    found = triton_venv.call("metadata", ats_server.target)
+    found = triton_venv.call("metadata", protocol, target(protocol, ats_server))
     assert found["name"] == TINY_MODEL and found["versions"] == ["1"]
     tensors = {  # int64 shapes come as strings in protobuf's JSON, as tritonclient gives them
         (t["name"], t["datatype"], tuple(int(d) for d in t["shape"]))
@@ -78,30 +89,41 @@ def _same_as_ats_v1(result: dict, reference) -> None:
     assert len(reference.patches) == 3
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_bytes_image_gives_every_output_and_the_ats_v1_answer(
-    triton_venv: TritonVenv, ats_server: ServerProcess, tmp_path: pathlib.Path
+    triton_venv: TritonVenv, ats_server: ServerProcess, tmp_path: pathlib.Path, protocol: str
 ) -> None:
     image = tmp_path / "image.png"
     image.write_bytes(encode_image(random_image(200, 240, seed=3)))
     before = scrape(ats_server.metrics_url)
-    result = triton_venv.call("infer", ats_server.target, "image", image, 11)
+    result = triton_venv.call("infer", protocol, target(protocol, ats_server), "image", image, 11)
     after = scrape(ats_server.metrics_url)
     assert result["order"] == OUTPUTS
-    assert result["parameters"]["seed"]["int64_param"] == "11"
+    seed = result["parameters"]["seed"]
+    assert seed == ({"int64_param": "11"} if protocol == "grpc" else 11)
     with AtsClient(ats_server.target) as client:
         reference = client.predict(image, n_patches=3, seed=11)
     _same_as_ats_v1(result, reference)
-    counted = metric(after, "ats_requests_total", rpc="ModelInfer", code="OK", model=TINY_MODEL)
-    assert counted - metric(before, "ats_requests_total", rpc="ModelInfer", code="OK", model=TINY_MODEL) == 1
+    rpc = "ModelInfer" if protocol == "grpc" else "rest.ModelInfer"
+    counted = metric(after, "ats_requests_total", rpc=rpc, code="OK", model=TINY_MODEL)
+    assert counted - metric(before, "ats_requests_total", rpc=rpc, code="OK", model=TINY_MODEL) == 1
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_uint8_pixels_and_a_chosen_subset_of_outputs(
-    triton_venv: TritonVenv, ats_server: ServerProcess, tmp_path: pathlib.Path
+    triton_venv: TritonVenv, ats_server: ServerProcess, tmp_path: pathlib.Path, protocol: str
 ) -> None:
     pixels = random_image(150, 170, seed=4)
     np.save(tmp_path / "pixels.npy", pixels)
     result = triton_venv.call(
-        "infer", ats_server.target, "pixels", tmp_path / "pixels.npy", 5, "patch_attention", "label"
+        "infer",
+        protocol,
+        target(protocol, ats_server),
+        "pixels",
+        tmp_path / "pixels.npy",
+        5,
+        "patch_attention",
+        "label",
     )
     assert result["order"] == ["patch_attention", "label"]
     with AtsClient(ats_server.target) as client:
@@ -113,34 +135,45 @@ def test_uint8_pixels_and_a_chosen_subset_of_outputs(
 def test_tile_path_reads_under_the_data_root(
     triton_venv: TritonVenv, start_server, make_repository, tmp_path: pathlib.Path
 ) -> None:
+    """One server, both transports."""
     data = tmp_path / "slides"
     data.mkdir()
     (data / "tile.png").write_bytes(encode_image(random_image(180, 160, seed=6)))
     server = start_server(make_repository(), "--data-root", str(data))
-    result = triton_venv.call("infer", server.target, "tile_path", "tile.png", 2)
     with AtsClient(server.target) as client:
         reference = client.predict_tile("tile.png", n_patches=3, seed=2)
-    _same_as_ats_v1(result, reference)
+    for protocol in PROTOCOLS:
+        _same_as_ats_v1(
+            triton_venv.call("infer", protocol, target(protocol, server), "tile_path", "tile.png", 2),
+            reference,
+        )
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_refusals_carry_the_documented_codes(
-    triton_venv: TritonVenv, ats_server: ServerProcess, tmp_path: pathlib.Path
+    triton_venv: TritonVenv, ats_server: ServerProcess, tmp_path: pathlib.Path, protocol: str
 ) -> None:
     image = tmp_path / "image.png"
     image.write_bytes(encode_image(random_image(64, 64)))
-    errors = triton_venv.call("errors", ats_server.target, image)
-    codes = {name: error["status"] for name, error in errors.items()}
-    assert codes == {
-        "datatype": "StatusCode.INVALID_ARGUMENT",
-        "shape": "StatusCode.INVALID_ARGUMENT",
-        "pixels_shape": "StatusCode.INVALID_ARGUMENT",
-        "unknown_model": "StatusCode.NOT_FOUND",
-        "unknown_version": "StatusCode.NOT_FOUND",
-        "bad_version": "StatusCode.INVALID_ARGUMENT",
-        "unknown_output": "StatusCode.INVALID_ARGUMENT",
-        "corrupt_image": "StatusCode.INVALID_ARGUMENT",
-        "metadata_unknown_model": "StatusCode.NOT_FOUND",
-        "metadata_unknown_version": "StatusCode.NOT_FOUND",
+    errors = triton_venv.call("errors", protocol, target(protocol, ats_server), image)
+    expected = {
+        "datatype": Code.INVALID_ARGUMENT,
+        "shape": Code.INVALID_ARGUMENT,
+        "pixels_shape": Code.INVALID_ARGUMENT,
+        "unknown_model": Code.NOT_FOUND,
+        "unknown_version": Code.NOT_FOUND,
+        "bad_version": Code.INVALID_ARGUMENT,
+        "unknown_output": Code.INVALID_ARGUMENT,
+        "corrupt_image": Code.INVALID_ARGUMENT,
+        "metadata_unknown_model": Code.NOT_FOUND,
+        "metadata_unknown_version": Code.NOT_FOUND,
+    }
+    as_reported = {  # tritonclient's status(): the gRPC code's name, or the HTTP status
+        "grpc": lambda code: f"StatusCode.{code.value}",
+        "http": lambda code: str(HTTP_STATUS[code]),
+    }[protocol]
+    assert {name: error["status"] for name, error in errors.items()} == {
+        name: as_reported(code) for name, code in expected.items()
     }
     assert "must be UINT8" in errors["datatype"]["message"]
     assert "shape [1]" in errors["shape"]["message"]

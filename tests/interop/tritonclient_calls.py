@@ -3,7 +3,10 @@ the virtual environment it is installed in (never by the test process: its
 ``inference.*`` descriptors would clash with the server's own in one
 protobuf pool). Standard library, numpy and tritonclient only.
 
-    python tritonclient_calls.py SCENARIO TARGET [ARGS...]   # prints one JSON object
+    python tritonclient_calls.py SCENARIO PROTOCOL TARGET [ARGS...]   # prints one JSON object
+
+PROTOCOL is ``grpc`` or ``http``: the same calls through tritonclient.grpc or
+tritonclient.http (whose APIs match, bar ``as_json``).
 """
 
 from __future__ import annotations
@@ -14,19 +17,31 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tritonclient.grpc as grpcclient
+import tritonclient.grpc
+import tritonclient.http
 from tritonclient.utils import InferenceServerException
 
 MODEL = "tiny"
 OUTPUTS = ("probabilities", "label", "attention_map", "patch_boxes", "patch_attention")
 
 
-def _client(target: str) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(url=target)
+MODULES: dict[str, Any] = {"grpc": tritonclient.grpc, "http": tritonclient.http}
+# keyword arguments that make a gRPC answer a dict, as HTTP's always is
+AS_JSON: dict[str, dict[str, bool]] = {"grpc": {"as_json": True}, "http": {}}
 
 
-def health(target: str) -> dict[str, Any]:
-    client = _client(target)
+class Client:
+    def __init__(self, protocol: str, target: str) -> None:
+        self.module = MODULES[protocol]
+        self.as_json = AS_JSON[protocol]
+        self.client = self.module.InferenceServerClient(url=target)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def health(protocol: str, target: str) -> dict[str, Any]:
+    client = Client(protocol, target)
     return {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
@@ -34,36 +49,39 @@ def health(target: str) -> dict[str, Any]:
         "model_v1": client.is_model_ready(MODEL, "1"),
         "model_v9": client.is_model_ready(MODEL, "9"),
         "unknown_model": client.is_model_ready("no-such-model"),
-        "server": client.get_server_metadata(as_json=True),
+        "server": client.get_server_metadata(**client.as_json),
     }
 
 
-def metadata(target: str) -> dict[str, Any]:
-    return _client(target).get_model_metadata(MODEL, as_json=True)
+def metadata(protocol: str, target: str) -> dict[str, Any]:
+    client = Client(protocol, target)
+    return client.get_model_metadata(MODEL, **client.as_json)
 
 
-def _input(name: str, path: str) -> grpcclient.InferInput:
+def _input(module: Any, name: str, path: str) -> Any:
     """``image``/``tile_path``: one BYTES element (the file's bytes or the path); ``pixels``: a .npy file."""
     if name == "pixels":
         array = np.load(path)
-        tensor = grpcclient.InferInput("pixels", list(array.shape), "UINT8")
+        tensor = module.InferInput("pixels", list(array.shape), "UINT8")
         tensor.set_data_from_numpy(array)
         return tensor
     data = open(path, "rb").read() if name == "image" else path.encode()  # noqa: SIM115
-    tensor = grpcclient.InferInput(name, [1], "BYTES")
+    tensor = module.InferInput(name, [1], "BYTES")
     tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
     return tensor
 
 
-def infer(target: str, name: str, path: str, seed: str, *outputs: str) -> dict[str, Any]:
+def infer(protocol: str, target: str, name: str, path: str, seed: str, *outputs: str) -> dict[str, Any]:
     """Every requested output (all when none is named) read with as_numpy."""
-    result = _client(target).infer(
+    client = Client(protocol, target)
+    module = client.module
+    result = client.infer(
         MODEL,
-        [_input(name, path)],
-        outputs=[grpcclient.InferRequestedOutput(o) for o in outputs] or None,
+        [_input(module, name, path)],
+        outputs=[module.InferRequestedOutput(o) for o in outputs] or None,
         parameters={"seed": int(seed), "n_patches": 3, "mode": "sample", "some_other_parameter": "ignored"},
     )
-    response = result.get_response(as_json=True)
+    response = result.get_response(**client.as_json)
     arrays = {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
     return {
         "model_name": response["model_name"],
@@ -89,15 +107,16 @@ def _error(call: Callable[[], object]) -> dict[str, str]:
     return {"status": "OK", "message": ""}
 
 
-def errors(target: str, image_path: str) -> dict[str, dict[str, str]]:
+def errors(protocol: str, target: str, image_path: str) -> dict[str, dict[str, str]]:
     """Each documented refusal, as the client reports it."""
-    client = _client(target)
-    image = _input("image", image_path)
-    as_float = grpcclient.InferInput("pixels", [2, 2, 3], "FP32")
+    client = Client(protocol, target)
+    module = client.module
+    image = _input(module, "image", image_path)
+    as_float = module.InferInput("pixels", [2, 2, 3], "FP32")
     as_float.set_data_from_numpy(np.zeros((2, 2, 3), np.float32))
-    two = grpcclient.InferInput("image", [2], "BYTES")
+    two = module.InferInput("image", [2], "BYTES")
     two.set_data_from_numpy(np.array([b"a", b"b"], dtype=np.object_))
-    flat = grpcclient.InferInput("pixels", [12], "UINT8")
+    flat = module.InferInput("pixels", [12], "UINT8")
     flat.set_data_from_numpy(np.zeros(12, np.uint8))
     return {
         "datatype": _error(lambda: client.infer(MODEL, [as_float])),
@@ -107,9 +126,9 @@ def errors(target: str, image_path: str) -> dict[str, dict[str, str]]:
         "unknown_version": _error(lambda: client.infer(MODEL, [image], model_version="9")),
         "bad_version": _error(lambda: client.infer(MODEL, [image], model_version="latest")),
         "unknown_output": _error(
-            lambda: client.infer(MODEL, [image], outputs=[grpcclient.InferRequestedOutput("logits")])
+            lambda: client.infer(MODEL, [image], outputs=[module.InferRequestedOutput("logits")])
         ),
-        "corrupt_image": _error(lambda: client.infer(MODEL, [_input("image", __file__)])),
+        "corrupt_image": _error(lambda: client.infer(MODEL, [_input(module, "image", __file__)])),
         "metadata_unknown_model": _error(lambda: client.get_model_metadata("no-such-model")),
         "metadata_unknown_version": _error(lambda: client.get_model_metadata(MODEL, "9")),
     }
