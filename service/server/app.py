@@ -45,6 +45,7 @@ from service.server.interceptor import MetricsInterceptor
 from service.server.oip import OpenInferenceServicer
 from service.server.registration import ParseErrorInterceptor, add_servicer
 from service.server.servicer import AttentionSamplingServicer
+from service.server.tfserving import TFS_SERVICES, ModelServicer, PredictionServicer
 from service.server.tls import (
     TlsFiles,
     WatchedTls,
@@ -207,11 +208,14 @@ class Server:
             OpenInferenceServicer(self.plane, self.health.servicer),
             oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         )
+        add_servicer(server, PredictionServicer(self.plane), TFS_SERVICES["PredictionService"])
+        add_servicer(server, ModelServicer(self.plane), TFS_SERVICES["ModelService"])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
             (
                 pb.DESCRIPTOR.services_by_name["AttentionSampling"].full_name,
                 oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                *(service.full_name for service in TFS_SERVICES.values()),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -245,7 +245,8 @@ def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     return names or _OUTPUT_NAMES
 
 
-def _outputs(served: Served) -> dict[str, np.ndarray | list[bytes]]:
+def output_values(served: Served) -> dict[str, np.ndarray | list[bytes]]:
+    """Every output by name: little-endian arrays, or BYTES elements (shared with TF Serving's front end)."""
     spec, prediction = served.model.spec, served.prediction
     boxes = np.zeros((len(prediction.offsets), 4), np.int32)
     if len(boxes):
@@ -271,7 +272,7 @@ def response(
     )
     message.parameters["seed"].int64_param = served.prediction.seed
     datatypes = {spec.name: spec.datatype for spec in OUTPUTS}
-    values = _outputs(served)
+    values = output_values(served)
     for name in names:
         value = values[name]
         output = message.outputs.add(name=name, datatype=datatypes[name])

@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from tensorflow.core.framework.types_pb2 import DT_STRING
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
 from ats_api.oip.v2 import open_inference_pb2 as oip
 from ats_api.v1 import attention_sampling_pb2 as pb
@@ -52,6 +54,21 @@ GOOD_CALLS: dict[str, list[bytes]] = {
             raw_input_contents=[len(PNG).to_bytes(4, "little") + PNG],
         ).SerializeToString()
     ],
+    "/tensorflow.serving.PredictionService/Predict": [
+        predict_pb2.PredictRequest(
+            inputs={"image": {"dtype": DT_STRING, "string_val": [PNG]}}
+        ).SerializeToString()
+    ],
+    "/tensorflow.serving.PredictionService/Classify": [b""],
+    "/tensorflow.serving.PredictionService/Regress": [b""],
+    "/tensorflow.serving.PredictionService/MultiInference": [b""],
+    "/tensorflow.serving.PredictionService/GetModelMetadata": [
+        get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"]).SerializeToString()
+    ],
+    "/tensorflow.serving.ModelService/GetModelStatus": [
+        get_model_status_pb2.GetModelStatusRequest().SerializeToString()
+    ],
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest": [b""],
     "/grpc.health.v1.Health/Check": [health_pb2.HealthCheckRequest().SerializeToString()],
     "/grpc.health.v1.Health/Watch": [health_pb2.HealthCheckRequest().SerializeToString()],
     "/grpc.health.v1.Health/List": [health_pb2.HealthListRequest().SerializeToString()],
@@ -64,6 +81,12 @@ GOOD_CALLS: dict[str, list[bytes]] = {
 ADMITTED = dict.fromkeys(GOOD_CALLS, grpc.StatusCode.OK) | {
     "/grpc.health.v1.Health/List": grpc.StatusCode.UNIMPLEMENTED
 }
+# TF Serving's methods other than Predict and metadata: served (they are in its
+# service), and refused as UNIMPLEMENTED once past the token check.
+ADMITTED |= dict.fromkeys(
+    (f"/tensorflow.serving.PredictionService/{m}" for m in ("Classify", "Regress", "MultiInference")),
+    grpc.StatusCode.UNIMPLEMENTED,
+) | {"/tensorflow.serving.ModelService/HandleReloadConfigRequest": grpc.StatusCode.UNIMPLEMENTED}
 DEFAULT_RESTRICTED = {AuthGroup.INFERENCE, AuthGroup.METADATA}
 Metadata = Sequence[tuple[str, str]] | None
 
