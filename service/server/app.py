@@ -30,7 +30,7 @@ from ats_api.oip.v2 import open_inference_pb2 as oip_pb
 from ats_api.v1 import attention_sampling_pb2 as pb
 from service.admission import Admission
 from service.budget import MemoryBudget
-from service.config import Config, memory_ceiling
+from service.config import AuthGroup, Config, memory_ceiling
 from service.dataplane import DataPlane
 from service.metrics import Metrics, MetricsEndpoint
 from service.models.repository import ModelRegistry, State
@@ -102,10 +102,10 @@ def exposure_warnings(config: Config) -> list[str]:
                 f"{where} without TLS: images, predictions and tokens cross the network in clear "
                 "(set --tls-cert and --tls-key)"
             )
-        if not config.auth_tokens_file and not config.tls_client_ca:
+        if AuthGroup.INFERENCE not in config.restricted_groups() and not config.tls_client_ca:
             warnings.append(
-                f"{where} without --auth-tokens-file or --tls-client-ca: whoever reaches it can run "
-                "the models and read their metadata"
+                f"{where} without tokens for inference (--auth-tokens-file) or client certificates "
+                "(--tls-client-ca): whoever reaches it can run the models"
             )
     metrics_host = config.metrics_host or config.host
     if config.metrics_port and not config.metrics_tls_cert and not is_loopback(metrics_host):
@@ -301,14 +301,14 @@ class Server:
         address = f"{'localhost' if config.host in ('0.0.0.0', '[::]') else config.host}:{self.port}"
         options = " --tls-ca CA.pem" if config.tls_cert else ""
         options += " --tls-cert CLIENT.pem --tls-key CLIENT-KEY.pem" if config.tls_client_ca else ""
-        options += " --token TOKEN" if restricted else ""
+        token = " --token TOKEN"
         log.info(
             "call it with: ats-client health --server %s%s; ats-client predict IMAGE --server %s%s "
             "[--overlay out.png]",
             address,
-            options,
+            options + (token if AuthGroup.HEALTH in config.restricted_groups() else ""),
             address,
-            options,
+            options + (token if AuthGroup.INFERENCE in config.restricted_groups() else ""),
         )
 
     def drain(self) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -29,7 +28,7 @@ import grpc
 
 from service.config import AuthGroup
 from service.server import audit
-from service.server.files import CredentialFileError, Stamp, exposure, read_public, stamp
+from service.server.files import CredentialFileError, Stamp, check_private, read, stamp
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +107,10 @@ class TokenFile:
         log.info("--auth-tokens-file %s: %d token(s)", path, len(self._digests))
 
     def _read(self) -> list[bytes]:
-        data = read_public(self.path, "--auth-tokens-file")
+        data, info = read(self.path, "--auth-tokens-file")
         digests, plain = parse_tokens(data.decode("utf-8", errors="replace"), self.path)
         if plain:
-            info = os.stat(self.path)
-            problem = exposure(info.st_mode, info.st_uid, os.geteuid())
-            if problem:
-                raise CredentialFileError(
-                    f"--auth-tokens-file {self.path} holds plain tokens and {problem} "
-                    "(or write sha256:<hex> lines, which are no secret)"
-                )
+            check_private(self.path, "--auth-tokens-file", info, because="holds plain tokens and ")
         return digests
 
     def digests(self) -> list[bytes]:

@@ -51,24 +51,30 @@ def exposure(mode: int, owner: int, reader: int) -> str | None:
     return None
 
 
-def read_private(path: str, what: str) -> bytes:
-    """The bytes of a secret file, refused when the file is too open (see :func:`exposure`)."""
+def read(path: str, what: str) -> tuple[bytes, os.stat_result]:
+    """The bytes of a file and the status of that very file (not of a later
+    replacement), with an error naming the setting (``what``)."""
     try:
         with open(path, "rb") as file:
-            info = os.fstat(file.fileno())
-            data = file.read()
+            return file.read(), os.fstat(file.fileno())
     except OSError as error:
         raise CredentialFileError(f"{what} {path}: {error.strerror}") from None
+
+
+def check_private(path: str, what: str, info: os.stat_result, because: str = "") -> None:
+    """Refuse a secret file that is too open (see :func:`exposure`)."""
     problem = exposure(info.st_mode, info.st_uid, os.geteuid())
     if problem:
-        raise CredentialFileError(f"{what} {path} {problem}")
+        raise CredentialFileError(f"{what} {path} {because}{problem}")
+
+
+def read_private(path: str, what: str) -> bytes:
+    """The bytes of a secret file, refused when the file is too open."""
+    data, info = read(path, what)
+    check_private(path, what, info)
     return data
 
 
 def read_public(path: str, what: str) -> bytes:
-    """The bytes of a certificate or other non-secret file, with an error naming it."""
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as error:
-        raise CredentialFileError(f"{what} {path}: {error.strerror}") from None
+    """The bytes of a certificate or other non-secret file."""
+    return read(path, what)[0]

@@ -5,6 +5,7 @@ can read, a key of another certificate); the secure defaults."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -181,7 +182,7 @@ def test_every_open_door_is_warned_about():
     everything_open = Config(host="0.0.0.0")
     warned = exposure_warnings(everything_open)
     assert len(warned) == 3
-    assert "without TLS" in warned[0] and "without --auth-tokens-file or --tls-client-ca" in warned[1]
+    assert "without TLS" in warned[0] and "without tokens for inference" in warned[1]
     assert "metrics served over plain HTTP on 0.0.0.0:8502" in warned[2]
     secured = Config(
         host="0.0.0.0",
@@ -192,6 +193,8 @@ def test_every_open_door_is_warned_about():
         metrics_tls_key="k",
     )
     assert exposure_warnings(secured) == []
+    inference_open = dataclasses.replace(secured, auth_groups="metadata")
+    assert [w for w in exposure_warnings(inference_open) if "whoever reaches it can run the models" in w]
     assert (
         exposure_warnings(
             Config(host="0.0.0.0", tls_cert="c", tls_key="k", tls_client_ca="a", metrics_host="localhost")
