@@ -4,6 +4,7 @@ tests (tests/support.py re-exports it; benchmarks never import tests)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import signal
@@ -12,9 +13,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_dev_certs() -> ModuleType:
+    """docker/make-dev-certs.py as a module (its file name is a command's, not a
+    module's): the benchmarks and tests make their certificates with it."""
+    spec = importlib.util.spec_from_file_location("make_dev_certs", ROOT / "docker" / "make-dev-certs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

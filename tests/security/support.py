@@ -6,36 +6,25 @@ to its end."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import socket
 import ssl
 import subprocess
 import sys
-from types import ModuleType
 from typing import Any
 
 import yaml
 
+from bench.common import load_dev_certs
 from tests.support import REPO_ROOT, free_port
 
-DEV_CERTS_SCRIPT = REPO_ROOT / "docker" / "make-dev-certs.py"
 PROMETHEUS_CONFIG = REPO_ROOT / "docker" / "prometheus" / "prometheus.yml"
 # Where the compose stack gives Prometheus its files (named as make-dev-certs.py names them).
 COMPOSE_PROMETHEUS_FILES = "/run/ats-secrets/prometheus/"
 
 
-def _load_script() -> ModuleType:
-    """docker/make-dev-certs.py as a module (its name is a command's, not a module's)."""
-    spec = importlib.util.spec_from_file_location("make_dev_certs", DEV_CERTS_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dev_certs = _load_script()
+dev_certs = load_dev_certs()
 
 
 @dataclasses.dataclass(frozen=True)
