@@ -123,6 +123,13 @@ def test_binary_extension_image_in_and_outputs_out(ats_server: ServerProcess, tm
     [
         (f"/v2/models/{TINY_MODEL}/infer", b"{not json", 400),
         (f"/v2/models/{TINY_MODEL}/infer", b'{"inputs": "image"}', 400),
+        (f"/v2/models/{TINY_MODEL}/infer", b'{"inputs": [1]}', 400),
+        (
+            f"/v2/models/{TINY_MODEL}/infer",
+            b'{"inputs": [{"name": "pixels", "datatype": "UINT8", "data": {}}]}',
+            400,
+        ),
+        (f"/v2/models/{TINY_MODEL}/infer", b'{"parameters": {"seed": 99999999999999999999999}}', 400),
         (
             f"/v2/models/{TINY_MODEL}/infer",
             b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1]}]}',
