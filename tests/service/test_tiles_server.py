@@ -40,6 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Pat
         host="127.0.0.1",
         port=free_port(),
         metrics_port=free_port(),
+        http_port=0,  # the REST front end is not under test here
         poll_interval=0,
         drain_delay=0,
         grace_period=5,
