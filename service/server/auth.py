@@ -160,7 +160,7 @@ def _refusing(handler: grpc.RpcMethodHandler, method: str, reason: str) -> grpc.
     """
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        audit.refused(context, method, reason)
+        audit.refused_call(context, method, reason)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
     request, response = (

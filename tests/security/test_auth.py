@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import secrets
 import stat
@@ -237,6 +238,8 @@ def locked_server(serve, other_pki):
         other_pki.path("tokens.sha256"),
         "--auth-groups",
         "inference,metadata,health,reflection",
+        "--log-format",
+        "json",
         client={"token": other_pki.token},
     )
 
@@ -246,6 +249,19 @@ def test_every_group_can_be_restricted(locked_server, methods, other_pki, pki):
         for metadata in (None, bearer(pki.token)):
             assert set(codes(plain, methods, metadata).values()) == {grpc.StatusCode.UNAUTHENTICATED}
         assert codes(plain, methods, bearer(other_pki.token)) == ADMITTED
+
+
+def test_json_audit_records_carry_their_fields(locked_server, methods, pki):
+    with grpc.insecure_channel(locked_server.target) as plain:
+        codes(plain, methods, bearer(pki.token))
+    records = [json.loads(line) for line in locked_server.log().splitlines() if line.startswith("{")]
+    audited = [r for r in records if r["logger"] == "service.audit"]
+    refused = {r["method"].strip("'") for r in audited if r["reason"] == "unknown token"}
+    assert refused == set(methods)
+    for record in audited:
+        assert record["audit"] == "refused" and record["level"] == "WARNING" and record["time"]
+        assert record["peer"].startswith("'ipv4:127.0.0.1:") and record["client_certificate"] == "none"
+    assert pki.token not in locked_server.log()
 
 
 def test_a_plaintext_server_with_tokens_is_warned_about(locked_server):
