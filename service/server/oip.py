@@ -18,7 +18,7 @@ from service.errors import ServiceError
 from service.models.repository import State
 from service.pipeline.payload import Payload
 from service.server import oip_convert, status
-from service.server.servicer import parsed
+from service.server.registration import parsed, parsed_or_abort
 from service.uploads import Upload
 
 SERVER_NAME = "ats-serve"
@@ -43,19 +43,13 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
-        try:
-            parsed(request)
-        except ServiceError as err:
-            await status.abort(context, err)
+        await parsed_or_abort(request, context)
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        try:
-            parsed(request)
-        except ServiceError as err:
-            await status.abort(context, err)
+        await parsed_or_abort(request, context)
         # The overall entry "" always exists, so Check never aborts through our context.
         check = await self._health.Check(health_pb2.HealthCheckRequest(service=""), context)
         return pb.ServerReadyResponse(ready=check.status == health_pb2.HealthCheckResponse.SERVING)
@@ -78,10 +72,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        try:
-            parsed(request)
-        except ServiceError as err:
-            await status.abort(context, err)
+        await parsed_or_abort(request, context)
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
 
     async def ModelMetadata(

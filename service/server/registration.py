@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import descriptor, message_factory
@@ -36,6 +36,24 @@ class Malformed:
         self.error = InvalidInput(
             f"the {type_name} message does not parse as protobuf: {clip(str(error))}", field="message"
         )
+
+
+M = TypeVar("M")
+
+
+def parsed(message: M | Malformed) -> M:
+    """``message``, or its parse error raised as INVALID_ARGUMENT."""
+    if isinstance(message, Malformed):
+        raise message.error
+    return message
+
+
+async def parsed_or_abort(message: M | Malformed, context: Context) -> M:
+    """``message``, or the call ended with its parse error, for RPCs that
+    answer without the data plane (server liveness, readiness, metadata)."""
+    if isinstance(message, Malformed):
+        await status.abort(context, message.error)
+    return message
 
 
 def _tolerant(parse: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from typing import TypeVar
 
 import grpc
 
@@ -15,10 +14,8 @@ from service.dataplane import DataPlane, PredictCall
 from service.errors import InvalidInput, ServiceError
 from service.pipeline.payload import Payload
 from service.server import convert, status
-from service.server.registration import Malformed
+from service.server.registration import parsed
 from service.uploads import Declared, Upload
-
-M = TypeVar("M")
 
 
 class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
@@ -97,13 +94,6 @@ async def _chunks(requests: AsyncIterator[pb.PredictStreamRequest]) -> AsyncIter
         if parsed(message).WhichOneof("part") != "chunk":
             raise InvalidInput("only the first message of a stream may be a header", field="header")
         yield message.chunk
-
-
-def parsed(message: M | Malformed) -> M:
-    """``message``, or its parse error raised as INVALID_ARGUMENT."""
-    if isinstance(message, Malformed):
-        raise message.error
-    return message
 
 
 def _declared(header: pb.PredictRequest) -> Declared | None:

@@ -36,7 +36,7 @@ from service.errors import InvalidInput, NotFound, ServiceError, Unsupported, cl
 from service.pipeline.payload import EncodedImage, Payload, RawTensor
 from service.pipeline.runner import PredictOptions
 from service.server import oip_convert, status
-from service.server.servicer import parsed
+from service.server.registration import parsed
 from service.uploads import Upload
 
 SIGNATURE = "predict_image"
