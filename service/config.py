@@ -128,6 +128,11 @@ class Config:
     tile_cache_bytes: int = _setting(256 * MiB, "decoded-tile cache shared by tile references")
     log_format: str = _setting("text", "log line format", choices=("text", "json"))
     log_level: str = _setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    tracing: bool = _setting(
+        False,
+        "OpenTelemetry spans per request and stage, W3C trace context from gRPC metadata; "
+        "exporter and sampler from the standard OTEL_* variables",
+    )
 
     def resolved_repository(self) -> pathlib.Path:
         return pathlib.Path(self.model_repository) if self.model_repository else default_model_repository()
@@ -171,6 +176,21 @@ def _flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def boolean(text: str) -> bool:
+    """An on/off setting as people and container specs write it (bool("false") is True)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is neither true nor false")
+
+
+def _kind(field: dataclasses.Field[Any]) -> Any:
+    """How a flag or variable's text becomes the field's value."""
+    return boolean if isinstance(field.default, bool) else type(field.default)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ats-serve",
@@ -178,10 +198,13 @@ def _parser() -> argparse.ArgumentParser:
         "Every flag can also be set with the ATS_* environment variable named after it.",
     )
     for field in dataclasses.fields(Config):
+        switch = isinstance(field.default, bool)  # a bare --tracing means on
         parser.add_argument(
             _flag_name(field.name),
             dest=field.name,
-            type=type(field.default),
+            type=_kind(field),
+            nargs="?" if switch else None,
+            const=True if switch else None,
             default=None,
             choices=field.metadata["choices"],
             help=f"{field.metadata['help']} [{env_name(field.name)}, default {field.default!r}]",
@@ -203,7 +226,7 @@ def load_config(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for field in dataclasses.fields(Config):
-        kind: type[Any] = type(field.default)  # every field has a default (_setting)
+        kind = _kind(field)  # every field has a default (_setting)
         flag_value = getattr(args, field.name)
         if flag_value is not None:
             values[field.name], sources[field.name] = flag_value, "flag"
