@@ -13,7 +13,7 @@ Modules, one job each: ``lowres`` (the low-resolution view), ``sampling``
 (unbiased estimators), ``layers`` and ``regularizers`` (Keras pieces),
 ``core`` (``attention_sampling``), ``data`` (multi-resolution inputs),
 ``patch_ops`` and ``op_library`` (the compiled patch op and its loader),
-``export`` (served model versions).
+``export`` (served model versions), ``tissue`` (background masks for slides).
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ _EXPORTS = {
     "load_model": "export",
     "load_metadata": "export",
     "latest_version": "export",
+    "tissue_mask": "tissue",
+    "cell_mask": "tissue",
+    "masked_attention": "tissue",
 }
 
 # the names of _EXPORTS, spelled out so that linters and type checkers see the re-exports
@@ -60,6 +63,7 @@ __all__ = [
     "attention_sampling",
     "build_info",
     "cell_grid",
+    "cell_mask",
     "cells_to_offsets",
     "export_model",
     "extract_patches",
@@ -68,9 +72,11 @@ __all__ = [
     "load_model",
     "load_op_library",
     "low_resolution_view",
+    "masked_attention",
     "multinomial_entropy",
     "op_library_version",
     "sample_positions",
+    "tissue_mask",
 ]
 
 if TYPE_CHECKING:
@@ -92,6 +98,7 @@ if TYPE_CHECKING:
     from model_ops.patch_ops import extract_patches
     from model_ops.regularizers import multinomial_entropy
     from model_ops.sampling import sample_positions
+    from model_ops.tissue import cell_mask, masked_attention, tissue_mask
 
 
 def __getattr__(name: str) -> Any:
