@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from ats_api.oip.v2 import open_inference_pb2 as oip_pb
 from ats_api.v1 import attention_sampling_pb2 as pb
+from service import tracing
 from service.admission import Admission
 from service.budget import MemoryBudget
 from service.config import AuthGroup, Config, memory_ceiling
@@ -64,6 +65,13 @@ T = TypeVar("T")
 
 # Seconds between checks of the process's vitals for health (and heap trims).
 VITALS_INTERVAL = 1.0
+
+# The gRPC services that answer requests (each call is a span when tracing is on).
+SERVING = (
+    pb.DESCRIPTOR.services_by_name["AttentionSampling"],
+    oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    *TFS_SERVICES.values(),
+)
 
 
 def grpc_options(config: Config) -> list[tuple[str, Any]]:
@@ -133,6 +141,8 @@ class Server:
             log.error("cannot start: %s", error)
             raise
         self.metrics = Metrics(registry)
+        if config.tracing:
+            tracing.configure(True)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
         self._loop_thread.start()
@@ -182,9 +192,11 @@ class Server:
         )
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Metrics outermost, so calls refused for their token are counted too; the token
+        """Metrics outermost, so calls refused for their token are counted too, then
+        the caller's trace context (and the call's span, traced too); the token
         check before anything reads the request."""
         interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        interceptors.extend(tracing.server_interceptors(SERVING))
         if self._tokens is not None:
             interceptors.append(AuthInterceptor(self._tokens, self.config.restricted_groups()))
         interceptors.append(ParseErrorInterceptor())
@@ -213,9 +225,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
             (
-                pb.DESCRIPTOR.services_by_name["AttentionSampling"].full_name,
-                oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-                *(service.full_name for service in TFS_SERVICES.values()),
+                *(service.full_name for service in SERVING),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -324,6 +334,8 @@ class Server:
             self._on_loop(self._health_grpc.stop(0))
         self._stopping.set()
         self._predict_threads.shutdown(wait=True)
+        if self.config.tracing:
+            tracing.shutdown()  # exports the spans still buffered
         self.models.stop()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()

@@ -3,11 +3,14 @@ from the pyramid, patches as full-resolution regions."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import tensorflow as tf
 
 from model_ops.lowres import low_resolution_view
-from service import budget
+from service import budget, tracing
 from service.errors import InvalidInput, TooLarge
 from service.pipeline.sources import ImageSource, shared_tensor
 from service.tiles.readers.base import Reader
@@ -79,6 +82,15 @@ class TileSource(ImageSource):
             )
         return self._level
 
+    @contextlib.contextmanager
+    def _traced_read(self, level: int, regions: int) -> Iterator[None]:
+        """An ``ats.tile.read`` span around reads of ``regions`` regions of
+        ``level``, with the bytes they took from storage (cache hits take none)."""
+        before = self._recorder.request.bytes_read
+        with tracing.span("ats.tile.read", level=level, regions=regions) as span:
+            yield
+            span.set_attribute("ats.bytes_read", self._recorder.request.bytes_read - before)
+
     def low_view(self, size: tuple[int, int]) -> tf.Tensor:
         level = self.level_for(size)
         height, width = self._reader.level_shapes[level]
@@ -93,15 +105,17 @@ class TileSource(ImageSource):
         # aligned buffer TensorFlow reads: charged before a tile is decoded
         native = self._reader.native_channels
         budget.before_decode(height * width, native + 2 * self._channels, f"{self.format_name} level {level}")
-        pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
+        with self._traced_read(level, regions=1):
+            pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
         return low_resolution_view(shared_tensor(pixels), size)
 
     def patches(self, offsets: tf.Tensor, patch_size: tuple[int, int]) -> tf.Tensor:
         height, width = patch_size
         starts = np.asarray(offsets)[0]
-        crops = [
-            self._reader.read(0, int(y), int(x), height, width, self._channels, self._recorder)
-            for y, x in starts
-        ]
+        with self._traced_read(0, regions=len(starts)):
+            crops = [
+                self._reader.read(0, int(y), int(x), height, width, self._channels, self._recorder)
+                for y, x in starts
+            ]
         stacked = np.stack(crops) if crops else np.zeros((0, height, width, self._channels), np.uint8)
         return tf.convert_to_tensor(stacked[np.newaxis])
