@@ -8,6 +8,10 @@ must call :func:`model_ops.load_op_library` before
 ``tf.saved_model.load``; :func:`load_model` does that and first checks, with
 :func:`check_compatible`, that the TensorFlow and op interface the model
 was exported with can run here.
+
+A two-level model (:mod:`model_ops.two_level_export`) writes metadata format
+2: the same keys plus a ``two_level`` section (:class:`TwoLevelSpec`). A
+reader of format 1 only refuses it, as it should: it cannot run the model.
 """
 
 from __future__ import annotations
@@ -28,7 +32,31 @@ from model_ops.patch_ops import extract_patches
 
 METADATA_FILE = "ats_model.json"
 METADATA_FORMAT = 1
+TWO_LEVEL_FORMAT = 2
 MODE_SAMPLE, MODE_TOP_K = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoLevelSpec:
+    """The region level of a two-level model (``two_level`` in ``ats_model.json``).
+
+    The top-level keys keep their meaning: ``low_scale``/``low_size`` and
+    ``receptive_field`` are the coarse view of the whole image and its
+    attention network, ``patch_size``, ``n_patches``, ``max_patches`` and
+    ``replace`` the patches drawn *in each region*. This adds the regions:
+    their size in level-0 pixels, the scale of their view, how many are drawn.
+    """
+
+    region_size: list[int]
+    fine_scale: float
+    n_regions: int
+    max_regions: int
+    replace_regions: bool
+    fine_receptive_field: int = 0
+
+    def fine_view_shape(self) -> tuple[int, int]:
+        """Size of a region's view: ``region_size * fine_scale``, rounded as ``low_scale`` is."""
+        return lowres.low_resolution_size(self.region_size, self.fine_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +79,7 @@ class ModelMetadata:
     format: int = METADATA_FORMAT
     tensorflow_version: str = ""
     op_library_version: str = ""
+    two_level: TwoLevelSpec | None = None
 
     def low_shape(self, height: int, width: int) -> tuple[int, int]:
         """Size of the low-resolution view of a ``height`` x ``width`` image."""
@@ -65,7 +94,10 @@ class ModelMetadata:
         )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        raw = dataclasses.asdict(self)
+        if self.two_level is None:
+            del raw["two_level"]  # one-level files stay exactly as format 1 wrote them
+        return json.dumps(raw, indent=2) + "\n"
 
 
 class IncompatibleModelError(RuntimeError):
@@ -79,16 +111,30 @@ def load_metadata(version_dir: str | os.PathLike) -> ModelMetadata:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: not a model version exported by export_model") from None
-    if raw.get("format") != METADATA_FORMAT:
+    if raw.get("format") not in (METADATA_FORMAT, TWO_LEVEL_FORMAT):
         raise ValueError(
             f"{path}: unsupported metadata format {raw.get('format')!r} "
-            f"(this code reads format {METADATA_FORMAT})"
+            f"(this code reads formats {METADATA_FORMAT} and {TWO_LEVEL_FORMAT})"
         )
-    fields = {f.name for f in dataclasses.fields(ModelMetadata)}
-    missing = sorted(fields - set(raw) - {"low_size", "pixel_scale", "input_dtype"})
+    optional = {"low_size", "pixel_scale", "input_dtype", "two_level", "fine_receptive_field"}
+    values = _known_keys(ModelMetadata, raw, optional, path)
+    two_level = raw.get("two_level")
+    if (two_level is not None) != (raw["format"] == TWO_LEVEL_FORMAT):
+        raise ValueError(
+            f"{path}: a 'two_level' section goes with format {TWO_LEVEL_FORMAT}, and only with it"
+        )
+    if two_level is not None:
+        values["two_level"] = TwoLevelSpec(**_known_keys(TwoLevelSpec, two_level, optional, path))
+    return ModelMetadata(**values)
+
+
+def _known_keys(cls: type, raw: dict, optional: set[str], path: pathlib.Path) -> dict:
+    """The keys of ``raw`` that are fields of ``cls``, after checking that none it needs is missing."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    missing = sorted(fields - set(raw) - optional)
     if missing:
         raise ValueError(f"{path}: missing keys {missing}")
-    return ModelMetadata(**{k: v for k, v in raw.items() if k in fields})
+    return {k: v for k, v in raw.items() if k in fields}
 
 
 def check_compatible(metadata: ModelMetadata) -> None:
