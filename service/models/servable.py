@@ -16,7 +16,7 @@ import tensorflow as tf
 from model_ops.export import ModelMetadata, load_model
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: one object per loaded version
 class ServableModel:
     spec: ModelMetadata
     version: int

@@ -10,8 +10,13 @@ from service.pipeline.sources import ImageSource
 
 
 def low_view(source: ImageSource, spec: ModelMetadata) -> tf.Tensor:
-    """uint8 (1, h, w, C) view at the model's scale; refuses images too small
-    for the attention network to see anything."""
+    """uint8 (1, h, w, C) view at the model's scale."""
+    return source.low_view(low_shape(source, spec))
+
+
+def low_shape(source: ImageSource, spec: ModelMetadata) -> tuple[int, int]:
+    """Size of the view at the model's scale; refuses images too small for
+    the attention network to see anything."""
     height, width, _ = source.shape
     size = spec.low_shape(height, width)
     if min(size) <= spec.receptive_field:
@@ -21,4 +26,4 @@ def low_view(source: ImageSource, spec: ModelMetadata) -> tf.Tensor:
             f"network needs more than {spec.receptive_field} pixels per side",
             field="image",
         )
-    return source.low_view(size)
+    return size

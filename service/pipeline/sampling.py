@@ -35,6 +35,21 @@ def check_n_patches(n_patches: int, spec: ModelMetadata) -> int:
     return n
 
 
+def _too_many(n_patches: int, cells: str) -> InvalidInput:
+    return InvalidInput(
+        f"n_patches={n_patches} exceeds {cells} of this image (only sampling with replacement can draw more)",
+        field="n_patches",
+    )
+
+
+def refusal(error: tf.errors.InvalidArgumentError, n_patches: int) -> Exception:
+    """The client's error in a failed graph's assertion (the graph draws
+    without knowing the map's size beforehand), or the failure itself."""
+    if "n_patches exceeds the number of attention cells" in error.message:
+        return _too_many(n_patches, "the attention cells")
+    return error
+
+
 def sample(
     attention: tf.Tensor,
     spec: ModelMetadata,
@@ -47,11 +62,7 @@ def sample(
     """Draw ``n_patches`` cells (``mode`` "sample" or "top_k")."""
     cells_available = int(attention.shape[1]) * int(attention.shape[2])
     if (not spec.replace or mode == "top_k") and n_patches > cells_available:
-        raise InvalidInput(
-            f"n_patches={n_patches} exceeds the {cells_available} attention cells of "
-            f"this image (only sampling with replacement can draw more)",
-            field="n_patches",
-        )
+        raise _too_many(n_patches, f"the {cells_available} attention cells")
     # the graph's integer inputs travel as one vector: one conversion per call, not seven
     sizes = np.array([n_patches, *low_shape, *high_shape, *spec.patch_size, spec.receptive_field], np.int32)
     return Positions(*_positions(attention, sizes, np.int64(seed), spec.replace, mode))

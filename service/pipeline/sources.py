@@ -80,6 +80,11 @@ class InMemorySource(ImageSource):
         self._pixels = shared_tensor(pixels)
 
     @property
+    def pixels(self) -> tf.Tensor:
+        """uint8 (1, H, W, C), sharing the decoded array's memory."""
+        return self._pixels
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         _, height, width, channels = self._pixels.shape
         return int(height), int(width), int(channels)

@@ -34,14 +34,20 @@ def tensor(pixels: np.ndarray) -> RawTensor:
     return RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
 
 
-@pytest.mark.parametrize("stop_before", runner.STAGES)
-def test_stops_between_stages_once_the_caller_is_gone(servable, stop_before):
+def stopping_before(stage: str, checkpoints: tuple[str, ...]):
+    """An ``is_active`` that turns false at the check before ``stage``, and the checks it saw."""
     checked: list[int] = []
 
     def is_active() -> bool:
         checked.append(1)
-        return len(checked) <= runner.STAGES.index(stop_before)
+        return len(checked) <= checkpoints.index(stage)
 
+    return is_active, checked
+
+
+@pytest.mark.parametrize("stop_before", runner.FUSED_CHECKS)
+def test_a_decoded_image_stops_before_its_graph_once_the_caller_is_gone(servable, stop_before):
+    is_active, checked = stopping_before(stop_before, runner.FUSED_CHECKS)
     with pytest.raises(Cancelled, match=f"before stage {stop_before}"):
         runner.run(
             servable,
@@ -50,7 +56,19 @@ def test_stops_between_stages_once_the_caller_is_gone(servable, stop_before):
             in_memory_sources(),
             is_active,
         )
+    assert len(checked) == runner.FUSED_CHECKS.index(stop_before) + 1  # nothing ran after the check failed
+
+
+@pytest.mark.parametrize("stop_before", runner.STAGES)
+def test_a_region_source_stops_between_stages_once_the_caller_is_gone(servable, stop_before):
+    is_active, checked = stopping_before(stop_before, runner.STAGES)
+    region_source = RegionSource(random_image(64, 64))
+    registry = in_memory_sources()
+    registry.register("tile", lambda payload, channels, limits: region_source)
+    with pytest.raises(Cancelled, match=f"before stage {stop_before}"):
+        runner.run(servable, TileRef("slide.tiff"), runner.PredictOptions(), registry, is_active)
     assert len(checked) == runner.STAGES.index(stop_before) + 1  # no stage ran after the check failed
+    assert region_source.regions_read == (stop_before not in runner.STAGES[:5]) * servable.spec.n_patches
 
 
 def test_real_decompression_bomb_is_refused_before_decoding():
