@@ -10,16 +10,21 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import tensorflow as tf
 
 from model_ops.sampling import Mode
 from service import tracing
+from service.batching import Batcher
 from service.errors import Cancelled
 from service.models.servable import ServableModel
 from service.pipeline import aggregate, attention, extract, features, head, lowres, sampling
+from service.pipeline.fused import fused_graph
 from service.pipeline.payload import Payload
-from service.pipeline.sources import SourceRegistry
+from service.pipeline.sources import ImageSource, InMemorySource, SourceRegistry
 
 STAGES = ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head")
+# Where a fused prediction checks its caller is still there: the graph runs as a whole.
+FUSED_CHECKS = ("decode", "graph")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Prediction:
     cell_step: tuple[float, float]  # full-resolution size of one attention cell (y, x)
     cell_origin: tuple[float, float]  # full-resolution start of cell (0, 0)
     seed: int
-    timings: dict[str, float]  # seconds per stage, and "total"
+    timings: dict[str, float]  # seconds per stage, "queue" when batched, and "total"
 
 
 class _Stages:
@@ -52,10 +57,13 @@ class _Stages:
         self.is_active = is_active
         self.timings: dict[str, float] = {}
 
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def check(self, name: str) -> None:
         if not self.is_active():
             raise Cancelled(f"caller gone before stage {name}")
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.check(name)
         start = time.perf_counter()
         with tracing.span(f"ats.stage.{name}"):
             yield
@@ -68,9 +76,14 @@ def run(
     options: PredictOptions,
     sources: SourceRegistry,
     is_active: Callable[[], bool] = lambda: True,
+    batcher: Batcher | None = None,
 ) -> Prediction:
     """Classify one image with ``model``: tensors stay in TensorFlow from the
-    decoded pixels to the probabilities, and become NumPy once, at the end."""
+    decoded pixels to the probabilities, and become NumPy once, at the end.
+
+    A decoded image runs as one fused graph (with other requests' images when
+    ``batcher`` batches); a source read region by region (a tile reference)
+    runs stage by stage, since each stage reads what it needs."""
     spec = model.spec
     started = time.perf_counter()
     n_patches = sampling.check_n_patches(options.n_patches, spec)
@@ -78,6 +91,64 @@ def run(
     stages = _Stages(is_active)
     with stages.stage("decode"):
         source = sources.open(payload, spec.channels)
+    if isinstance(source, InMemorySource):
+        prediction = _run_fused(model, source, options, n_patches, seed, stages, batcher)
+    else:
+        prediction = _run_staged(model, source, options, n_patches, seed, stages)
+    stages.timings["total"] = time.perf_counter() - started
+    return prediction
+
+
+def _run_fused(
+    model: ServableModel,
+    source: InMemorySource,
+    options: PredictOptions,
+    n_patches: int,
+    seed: int,
+    stages: _Stages,
+    batcher: Batcher | None,
+) -> Prediction:
+    low_shape = lowres.low_shape(source, model.spec)
+    stages.check("graph")
+    crops = options.include_crops
+    try:
+        if batcher is not None and batcher.settings.enabled:
+            batched = batcher.run(
+                model, source.pixels, low_shape, n_patches, seed, options.mode, crops, stages.is_active
+            )
+            result, row = batched.result, batched.row
+            stages.timings["queue"] = batched.queued
+        else:
+            graph = fused_graph(model)
+            result = graph.run([source.pixels], low_shape, n_patches, [seed], options.mode, crops)
+            row = 0
+    except tf.errors.InvalidArgumentError as err:
+        raise sampling.refusal(err, n_patches) from None
+    stages.timings.update(result.timings)
+    return Prediction(
+        probabilities=result.probabilities[row],
+        attention=result.attention[row],
+        cells=result.cells[row],
+        offsets=result.offsets[row],
+        patch_probabilities=result.patch_probabilities[row],
+        crops=result.patches[row] if crops and result.patches is not None else None,
+        image_shape=source.shape,
+        cell_step=result.cell_step,
+        cell_origin=result.cell_origin,
+        seed=seed,
+        timings=stages.timings,
+    )
+
+
+def _run_staged(
+    model: ServableModel,
+    source: ImageSource,
+    options: PredictOptions,
+    n_patches: int,
+    seed: int,
+    stages: _Stages,
+) -> Prediction:
+    spec = model.spec
     high_shape = source.shape[:2]
     with stages.stage("lowres"):
         x_low = lowres.low_view(source, spec)
@@ -95,7 +166,6 @@ def run(
         estimate = aggregate.aggregate(patch_features, positions.probabilities, spec)
     with stages.stage("head"):
         probabilities = head.classify(model, estimate)
-    stages.timings["total"] = time.perf_counter() - started
     return Prediction(
         probabilities=probabilities.numpy()[0],
         attention=attention_map.numpy()[0],
