@@ -103,6 +103,17 @@ def span(name: str, **attributes: AttributeValue) -> AbstractContextManager[trac
     return _recorded(tracer, name, {PREFIX + key: value for key, value in attributes.items()})
 
 
+def record(name: str, start: float, end: float, **attributes: AttributeValue) -> None:
+    """A span for what already happened from ``start`` to ``end`` (seconds
+    since the epoch, as ``time.time()`` and ``tf.timestamp()`` give them),
+    child of the current span: the stages timed inside one graph."""
+    tracer = _tracer
+    if tracer is None:
+        return
+    attributes = {PREFIX + key: value for key, value in attributes.items()}
+    tracer.start_span(name, start_time=round(start * 1e9), attributes=attributes).end(round(end * 1e9))
+
+
 @contextlib.contextmanager
 def _recorded(tracer: trace.Tracer, name: str, attributes: dict[str, AttributeValue]) -> Iterator[trace.Span]:
     with tracer.start_as_current_span(
