@@ -37,30 +37,31 @@ from model_ops.patch_ops import extract_patches
 from model_ops.sampling import Mode, SeedLike, sample_positions
 
 
+def _mix(x: tf.Tensor) -> tf.Tensor:
+    """The splitmix64 finaliser on uint64 (wrapping arithmetic): nearby inputs, unrelated outputs."""
+    for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(shift, tf.uint64)))
+        x = x * tf.constant(multiplier, tf.uint64)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(31, tf.uint64)))
+
+
 def region_seeds(seed: SeedLike, batch_size: tf.Tensor, n_regions: int | tf.Tensor) -> tf.Tensor | None:
     """Seeds ``(B * K,)`` int64 for the patch draws of each chosen region.
 
-    Derived from each image's seed (as :func:`model_ops.sampling.row_keys`
-    reads it) and the region's slot, so that a region's draw depends on
-    neither the batch nor the other slots; ``None`` stays ``None`` (fresh
-    draws).
+    Slot ``k`` of an image with seed ``s`` (read as
+    :func:`model_ops.sampling.row_keys` reads it) gets ``splitmix64(s + (k +
+    1) * golden)``: a region's draw depends on neither the batch nor the
+    other slots, and is unrelated to the stream the regions were drawn with. ``None``
+    stays ``None`` (fresh draws).
     """
     if seed is None:
         return None
     seed = tf.broadcast_to(tf.reshape(tf.cast(seed, tf.int64), [-1]), [batch_size])
-
-    def slots(image_seed):
-        # stream (seed, 1): the region draw itself uses (seed, 0)
-        return tf.random.stateless_uniform(
-            tf.reshape(n_regions, [1]),
-            seed=tf.stack([image_seed, 1]),
-            minval=None,
-            maxval=None,
-            dtype=tf.int64,
-        )
-
-    seeds = tf.map_fn(slots, seed, fn_output_signature=tf.TensorSpec([None], tf.int64))
-    return tf.reshape(seeds, [-1])
+    slots = tf.cast(tf.range(1, tf.cast(n_regions, tf.int32) + 1), tf.uint64) * tf.constant(
+        0x9E3779B97F4A7C15, tf.uint64
+    )
+    mixed = _mix(tf.bitcast(seed, tf.uint64)[:, None] + slots[None])
+    return tf.reshape(tf.bitcast(mixed, tf.int64), [-1])
 
 
 def sample_patches_in_regions(
