@@ -40,13 +40,9 @@ _POLL = 0.01  # seconds
 
 @dataclasses.dataclass(frozen=True)
 class BatchSettings:
-    max_size: int  # 0: no batching, each request runs its own graph call
+    max_size: int  # requests per graph call at most
     timeout: float  # seconds a batch may wait for more requests
     threads: int  # batches running at once
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_size > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +72,13 @@ class _Request:
         return (id(self.model), tuple(self.image.shape), self.low_shape, self.n_patches, self.mode)
 
 
-Observer = Callable[[str, int, float], None]  # model name, batch size, oldest request's queue seconds
+Observer = Callable[[str, int], None]  # model name, requests in the graph call
 
 
 class Batcher:
     """The queue and the batch threads; ``run`` is called from worker threads."""
 
-    def __init__(self, settings: BatchSettings, observe: Observer = lambda model, size, queued: None) -> None:
+    def __init__(self, settings: BatchSettings, observe: Observer = lambda model, size: None) -> None:
         self.settings = settings
         self._observe = observe
         self._queue: collections.deque[_Request] = collections.deque()
@@ -174,7 +170,7 @@ class Batcher:
             for request in requests:
                 request.future.set_exception(err)
             return
-        self._observe(first.model.name, len(requests), started - first.enqueued)
+        self._observe(first.model.name, len(requests))
         for row, request in enumerate(requests):
             request.future.set_result(Batched(result, row, len(requests), started - request.enqueued))
 

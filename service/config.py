@@ -94,6 +94,23 @@ class Config:
         4, "predictions running at once; more wait up to --queue-timeout, then get RESOURCE_EXHAUSTED"
     )
     queue_timeout: float = _setting(2.0, "seconds a prediction waits for a free slot")
+    batch_max_size: int = _setting(
+        8,
+        "decoded images that may share one graph call (attention, features and head batched across "
+        "requests); 0 turns batching off",
+    )
+    batch_timeout_us: int = _setting(
+        0,
+        "microseconds a batch may wait for more requests after its oldest one arrived (0: run what is "
+        "queued at once; batches still form while the previous one runs)",
+    )
+    batch_threads: int = _setting(1, "batches running at once")
+    intra_op_threads: int = _setting(
+        0, "threads one TensorFlow op may use (0: TensorFlow's default, one per core)"
+    )
+    inter_op_threads: int = _setting(
+        0, "TensorFlow ops that may run at once (0: TensorFlow's default, one per core)"
+    )
     max_concurrent_rpcs: int = _setting(
         1024, "RPCs accepted at once (any method) before RESOURCE_EXHAUSTED; an idle one costs no thread"
     )
@@ -269,6 +286,11 @@ def inconsistency(config: Config) -> str | None:
         return f"--auth-groups: unknown {', '.join(sorted(unknown))}; choose from {choices}"
     if config.health_port and AuthGroup.HEALTH in config.restricted_groups():
         return "--health-port serves health without a token, but --auth-groups restricts health"
+    for name in ("batch_max_size", "batch_timeout_us", "intra_op_threads", "inter_op_threads"):
+        if getattr(config, name) < 0:
+            return f"{_flag_name(name)} must be 0 or more"
+    if config.batch_threads < 1:
+        return "--batch-threads must be at least 1"
     return None
 
 

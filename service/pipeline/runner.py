@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from service.batching import Batcher
 from service.errors import Cancelled
 from service.models.servable import ServableModel
 from service.pipeline import aggregate, attention, extract, features, head, lowres, sampling
+from service.pipeline.fused import STAGES as FUSED_STAGES
 from service.pipeline.fused import fused_graph
 from service.pipeline.payload import Payload
 from service.pipeline.sources import ImageSource, InMemorySource, SourceRegistry
@@ -81,8 +83,8 @@ def run(
     """Classify one image with ``model``: tensors stay in TensorFlow from the
     decoded pixels to the probabilities, and become NumPy once, at the end.
 
-    A decoded image runs as one fused graph (with other requests' images when
-    ``batcher`` batches); a source read region by region (a tile reference)
+    A decoded image runs as one fused graph (with other requests' images
+    through ``batcher``, if given); a source read region by region (a tile reference)
     runs stage by stage, since each stage reads what it needs."""
     spec = model.spec
     started = time.perf_counter()
@@ -112,7 +114,7 @@ def _run_fused(
     stages.check("graph")
     crops = options.include_crops
     try:
-        if batcher is not None and batcher.settings.enabled:
+        if batcher is not None:
             batched = batcher.run(
                 model, source.pixels, low_shape, n_patches, seed, options.mode, crops, stages.is_active
             )
@@ -125,6 +127,8 @@ def _run_fused(
     except tf.errors.InvalidArgumentError as err:
         raise sampling.refusal(err, n_patches) from None
     stages.timings.update(result.timings)
+    for stage, (start, end) in zip(FUSED_STAGES, itertools.pairwise(result.marks), strict=True):
+        tracing.record(f"ats.stage.{stage}", start, end, batch_size=len(result.probabilities))
     return Prediction(
         probabilities=result.probabilities[row],
         attention=result.attention[row],

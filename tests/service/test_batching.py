@@ -31,12 +31,12 @@ def tensor(pixels: np.ndarray) -> RawTensor:
 
 
 class Recorder:
-    """The batches a batcher reports: (size, oldest request's queue seconds)."""
+    """The sizes of the graph calls a batcher reports."""
 
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    def __call__(self, model: str, size: int, queued: float) -> None:
+    def __call__(self, model: str, size: int) -> None:
         self.batches.append(size)
 
 
