@@ -14,14 +14,15 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 from service.admission import Admission
 from service.budget import DEADLINE_SLACK, MemoryBudget, RequestBudget, bound
-from service.errors import Code, DeadlineExceeded, ServiceError
+from service.errors import Code, DeadlineExceeded, NotFound, ServiceError
 from service.metrics import Metrics
-from service.models.repository import ModelRegistry, VersionEntry
+from service.models.repository import ModelRegistry, State, VersionEntry
 from service.models.servable import ServableModel
 from service.pipeline import decode, runner
 from service.pipeline.payload import Payload
@@ -33,6 +34,31 @@ log = logging.getLogger(__name__)
 
 # How long a failed prediction waits for its caller's cancellation to show.
 _SETTLE = 0.05  # seconds
+
+
+# The protocols, as the ``protocol`` label of the request metrics names them.
+ATS_V1 = "ats.v1"
+OIP_GRPC = "oip.grpc"
+OIP_HTTP = "oip.http"
+TFSERVING = "tfserving"
+PROTOCOLS = (ATS_V1, OIP_GRPC, OIP_HTTP, TFSERVING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A call as the metrics (and logs) name it: its protocol (one of
+    :data:`PROTOCOLS`) and the protocol's own name of the RPC or route
+    (``Predict``, ``ModelInfer``, ...)."""
+
+    protocol: str
+    rpc: str
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}")
+
+    def __str__(self) -> str:
+        return f"{self.protocol} {self.rpc}"
 
 
 class Call(Protocol):
@@ -115,7 +141,7 @@ class DataPlane:
         self._executor = executor
 
     @contextlib.contextmanager
-    def _accounted(self, endpoint: str) -> Iterator[_Labels]:
+    def _accounted(self, endpoint: Endpoint) -> Iterator[_Labels]:
         """Count the request once, under the model and version the body
         resolved, with its final code (set by the body or by its error).
 
@@ -133,7 +159,13 @@ class DataPlane:
             log.exception("%s failed", endpoint)
             raise InternalError(f"internal error in {endpoint}; see the server log") from err
         finally:
-            self.metrics.requests.labels(labels.model, labels.version, endpoint, labels.code.value).inc()
+            self.metrics.requests.labels(
+                model=labels.model,
+                version=labels.version,
+                protocol=endpoint.protocol,
+                rpc=endpoint.rpc,
+                code=labels.code.value,
+            ).inc()
 
     @staticmethod
     async def _caller_gone(budget: RequestBudget, labels: _Labels) -> None:
@@ -152,15 +184,25 @@ class DataPlane:
             labels.code = Code.DEADLINE_EXCEEDED
             raise DeadlineExceeded("the caller's deadline passed") from None
 
-    async def predict(self, endpoint: str, read: Callable[[], Awaitable[PredictCall]], call: Call) -> Served:
+    async def predict(
+        self, endpoint: Endpoint, read: Callable[[], Awaitable[PredictCall]], call: Call
+    ) -> Served:
         """Run one prediction: ``read`` converts the protocol's request (its
-        errors are counted like any other), ``endpoint`` names it in metrics."""
+        errors are counted like any other), ``endpoint`` names it in metrics.
+        A prediction that succeeds is timed, from the call's start (its body
+        read, its upload, its wait for a slot) to its answer, in
+        ``ats_request_seconds``, so that the protocols can be compared."""
+        started = time.perf_counter()
         budget = RequestBudget(self.memory, call.time_remaining())
         self.metrics.in_flight.inc()
         try:
             with self._accounted(endpoint) as labels:
                 try:
-                    return await self._predict(read, budget, labels)
+                    served = await self._predict(read, budget, labels)
+                    self.metrics.request_seconds.labels(
+                        model=served.model.name, protocol=endpoint.protocol, rpc=endpoint.rpc
+                    ).observe(time.perf_counter() - started)
+                    return served
                 except ServiceError:
                     if budget.streamed:
                         await self._caller_gone(budget, labels)
@@ -216,15 +258,35 @@ class DataPlane:
             await asyncio.wait([future])
             raise
 
-    def model_versions(self, endpoint: str, name: str) -> tuple[str, list[VersionEntry]]:
-        """A model's name (the default for an empty one) and all its versions."""
+    def model_versions(
+        self, endpoint: Endpoint, name: str, version: int = 0
+    ) -> tuple[str, list[VersionEntry]]:
+        """A model's name (the default for an empty one) and all its versions;
+        NOT_FOUND when the model, or ``version`` (unless 0), is not in the repository."""
         with self._accounted(endpoint) as labels:
             name = self.models.model_name(name)
             versions = self.models.versions(name)
             labels.model = name
+            if version:
+                _entry(versions, name, version)
+                labels.version = str(version)
             return name, versions
 
-    def all_models(self, endpoint: str) -> tuple[dict[str, list[VersionEntry]], str]:
+    def model_ready(self, endpoint: Endpoint, name: str, version: int = 0) -> bool:
+        """Whether ``version`` of a model (0: any version) is READY; NOT_FOUND
+        when the model or that version is not in the repository (a version
+        still loading, or one that failed, is there but not ready)."""
+        with self._accounted(endpoint) as labels:
+            name = self.models.model_name(name)
+            versions = self.models.versions(name)
+            labels.model = name
+            if not version:
+                return any(e.state is State.READY for e in versions)
+            entry = _entry(versions, name, version)
+            labels.version = str(version)
+            return entry.state is State.READY
+
+    def all_models(self, endpoint: Endpoint) -> tuple[dict[str, list[VersionEntry]], str]:
         """Every model's versions, and the default model ("" when none)."""
         with self._accounted(endpoint):
             return self.models.snapshot(), self.models.default_model()
@@ -240,3 +302,10 @@ class DataPlane:
             max_image_pixels=limits.max_image_pixels,
             max_image_bytes=limits.max_image_bytes,
         )
+
+
+def _entry(versions: list[VersionEntry], name: str, version: int) -> VersionEntry:
+    for entry in versions:
+        if entry.version == version:
+            return entry
+    raise NotFound(f"model {name!r} has no version {version}", field="model_version")

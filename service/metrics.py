@@ -35,8 +35,15 @@ class Metrics:
         self.registry = registry
         self.requests = Counter(
             "ats_requests",
-            "RPCs of the AttentionSampling service",
-            ["model", "version", "rpc", "code"],
+            "Calls of every protocol (ats.v1, oip.grpc, oip.http, tfserving), by outcome",
+            ["model", "version", "protocol", "rpc", "code"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "ats_request_seconds",
+            "Time from a prediction's start (body, upload, queue) to its answer, predictions that succeeded",
+            ["model", "protocol", "rpc"],
+            buckets=STAGE_BUCKETS,
             registry=registry,
         )
         self.stage_seconds = Histogram(

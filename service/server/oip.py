@@ -13,15 +13,17 @@ from grpc_health.v1 import health, health_pb2
 
 from ats_api.oip.v2 import open_inference_pb2 as pb
 from ats_api.oip.v2 import open_inference_pb2_grpc as pb_grpc
-from service.dataplane import DataPlane, PredictCall
+from service.dataplane import OIP_GRPC, DataPlane, Endpoint, PredictCall
 from service.errors import ServiceError
-from service.models.repository import State
 from service.pipeline.payload import Payload
 from service.server import oip_convert, status
 from service.server.registration import parsed, parsed_or_abort
 from service.uploads import Upload
 
 SERVER_NAME = "ats-serve"
+MODEL_READY = Endpoint(OIP_GRPC, "ModelReady")
+MODEL_METADATA = Endpoint(OIP_GRPC, "ModelMetadata")
+MODEL_INFER = Endpoint(OIP_GRPC, "ModelInfer")
 
 
 def server_version() -> str:
@@ -57,16 +59,14 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        """Ready when the version asked (any, for an empty one) is READY; an
-        unknown model or version is simply not ready."""
+        """Ready when the version asked (any, for an empty one) is READY;
+        NOT_FOUND for a model, or a version, the repository does not hold."""
         try:
             name: str = parsed(request).name
             number = oip_convert.version_number(request.version)
-            models = self._plane.models
-            versions = models.snapshot().get(models.model_name(name), [])
+            ready = self._plane.model_ready(MODEL_READY, name, number)
         except ServiceError as err:
             await status.abort(context, err)
-        ready = any(e.state is State.READY and number in (0, e.version) for e in versions)
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(
@@ -79,8 +79,9 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         try:
-            name, versions = self._plane.model_versions("ModelMetadata", parsed(request).name)
-            oip_convert.version_entry(versions, name, request.version)
+            message: pb.ModelMetadataRequest = parsed(request)
+            number = oip_convert.version_number(message.version)
+            name, versions = self._plane.model_versions(MODEL_METADATA, message.name, number)
         except ServiceError as err:
             await status.abort(context, err)
         return oip_convert.metadata(name, versions)
@@ -99,7 +100,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return oip_convert.predict_call(message, payload)
 
         try:
-            served = await self._plane.predict("ModelInfer", read, context)
+            served = await self._plane.predict(MODEL_INFER, read, context)
         except ServiceError as err:
             await status.abort(context, err)
         names = oip_convert.requested_outputs(request)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ats_api.oip.v2 import open_inference_pb2 as pb
 from service.dataplane import PredictCall, Served
-from service.errors import InvalidInput, NotFound, clip
+from service.errors import InvalidInput, clip
 from service.models.repository import VersionEntry
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
 from service.pipeline.runner import PredictOptions
@@ -56,17 +56,6 @@ def version_number(text: str, field: str = "model_version") -> int:
     if not text.isdigit() or int(text) <= 0:
         raise InvalidInput(f"model version {clip(text)} is not a positive integer", field=field)
     return int(text)
-
-
-def version_entry(versions: list[VersionEntry], name: str, version: str) -> VersionEntry | None:
-    """The entry of ``version`` (None for the empty string); NOT_FOUND when the model has no such version."""
-    number = version_number(version)
-    if number == 0:
-        return None
-    for entry in versions:
-        if entry.version == number:
-            return entry
-    raise NotFound(f"model {clip(name)} has no version {number}", field="model_version")
 
 
 def metadata(name: str, versions: list[VersionEntry]) -> pb.ModelMetadataResponse:

@@ -21,9 +21,8 @@ from grpc_health.v1 import health, health_pb2
 
 from ats_api.oip.v2 import open_inference_pb2 as pb
 from service.config import AuthGroup, Config
-from service.dataplane import DataPlane, PredictCall
+from service.dataplane import OIP_HTTP, DataPlane, Endpoint, PredictCall
 from service.errors import Code, InvalidInput, ServiceError, clip
-from service.models.repository import State
 from service.pipeline.payload import Payload
 from service.server import oip_convert
 from service.server.auth import REFUSAL, TokenFile, refusal_reason
@@ -47,6 +46,9 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
     Code.UNAUTHENTICATED: 401,
 }
+MODEL_READY = Endpoint(OIP_HTTP, "ModelReady")
+MODEL_METADATA = Endpoint(OIP_HTTP, "ModelMetadata")
+MODEL_INFER = Endpoint(OIP_HTTP, "ModelInfer")
 _NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -245,14 +247,14 @@ class OpenInferenceHttp:
         )
 
     async def model_ready(self, request: web.Request) -> web.StreamResponse:
-        models = self._plane.models
+        """200 when ready, 400 when not (as the protocol says); 404 for a model,
+        or a version, the repository does not hold."""
         number = oip_convert.version_number(request.match_info.get("version", ""))
-        versions = models.snapshot().get(request.match_info["model"], [])
-        return self._boolean(any(e.state is State.READY and number in (0, e.version) for e in versions))
+        return self._boolean(self._plane.model_ready(MODEL_READY, request.match_info["model"], number))
 
     async def model_metadata(self, request: web.Request) -> web.StreamResponse:
-        name, versions = self._plane.model_versions("rest.ModelMetadata", request.match_info["model"])
-        oip_convert.version_entry(versions, name, request.match_info.get("version", ""))
+        number = oip_convert.version_number(request.match_info.get("version", ""))
+        name, versions = self._plane.model_versions(MODEL_METADATA, request.match_info["model"], number)
         message = oip_convert.metadata(name, versions)
         return web.json_response(
             {
@@ -290,7 +292,7 @@ class OpenInferenceHttp:
             oip_convert.requested_outputs(message)
             return oip_convert.predict_call(message, payload)
 
-        served = await self._plane.predict("rest.ModelInfer", read, _NoDeadline())
+        served = await self._plane.predict(MODEL_INFER, read, _NoDeadline())
         message, binary = parsed[0]
         names = oip_convert.requested_outputs(message)
         # built raw, then laid out as JSON or binary data

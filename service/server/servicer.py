@@ -10,12 +10,17 @@ import grpc
 
 from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_api.v1 import attention_sampling_pb2_grpc as pb_grpc
-from service.dataplane import DataPlane, PredictCall
+from service.dataplane import ATS_V1, DataPlane, Endpoint, PredictCall
 from service.errors import InvalidInput, ServiceError
 from service.pipeline.payload import Payload
 from service.server import convert, status
 from service.server.registration import parsed
 from service.uploads import Declared, Upload
+
+PREDICT = Endpoint(ATS_V1, "Predict")
+PREDICT_STREAM = Endpoint(ATS_V1, "PredictStream")
+GET_MODEL_METADATA = Endpoint(ATS_V1, "GetModelMetadata")
+LIST_MODELS = Endpoint(ATS_V1, "ListModels")
 
 
 class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
@@ -34,7 +39,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
             return convert.predict_call(parsed(request), payload)
 
         try:
-            served = await self._plane.predict("Predict", read, context)
+            served = await self._plane.predict(PREDICT, read, context)
         except ServiceError as err:
             await status.abort(context, err)
         return convert.response(served, request.output)
@@ -57,7 +62,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
             return convert.predict_call(header, payload)
 
         try:
-            served = await self._plane.predict("PredictStream", read, context)
+            served = await self._plane.predict(PREDICT_STREAM, read, context)
         except ServiceError as err:
             await status.abort(context, err)
         return convert.response(served, header.output)
@@ -66,7 +71,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadata:
         try:
-            name, versions = self._plane.model_versions("GetModelMetadata", parsed(request).model_name)
+            name, versions = self._plane.model_versions(GET_MODEL_METADATA, parsed(request).model_name)
         except ServiceError as err:
             await status.abort(context, err)
         return convert.metadata(name, versions, self._input_support())
@@ -76,7 +81,7 @@ class AttentionSamplingServicer(pb_grpc.AttentionSamplingServicer):
     ) -> pb.ListModelsResponse:
         try:
             parsed(request)
-            models, default = self._plane.all_models("ListModels")
+            models, default = self._plane.all_models(LIST_MODELS)
         except ServiceError as err:
             await status.abort(context, err)
         support = self._input_support()

@@ -31,8 +31,8 @@ from tensorflow_serving.apis import (  # type: ignore[import-untyped]
 )
 
 from model_ops.sampling import Mode
-from service.dataplane import DataPlane, PredictCall, Served
-from service.errors import InvalidInput, NotFound, ServiceError, Unsupported, clip
+from service.dataplane import TFSERVING, DataPlane, Endpoint, PredictCall, Served
+from service.errors import InvalidInput, ServiceError, Unsupported, clip
 from service.pipeline.payload import EncodedImage, Payload, RawTensor
 from service.pipeline.runner import PredictOptions
 from service.server import oip_convert, status
@@ -40,6 +40,9 @@ from service.server.registration import parsed
 from service.uploads import Upload
 
 SIGNATURE = "predict_image"
+PREDICT = Endpoint(TFSERVING, "Predict")
+GET_MODEL_METADATA = Endpoint(TFSERVING, "GetModelMetadata")
+GET_MODEL_STATUS = Endpoint(TFSERVING, "GetModelStatus")
 # The services this module serves, by name, for registration and reflection.
 TFS_SERVICES = {
     "PredictionService": prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
@@ -200,7 +203,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return PredictCall(name, version, _options(request.inputs), payload)
 
         try:
-            served: Served = await self._plane.predict("tfs.Predict", read, context)
+            served: Served = await self._plane.predict(PREDICT, read, context)
         except ServiceError as err:
             await status.abort(context, err)
         values = oip_convert.output_values(served)
@@ -218,9 +221,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             name, version = _model(parsed(request).model_spec)
             if list(request.metadata_field) != ["signature_def"]:
                 raise InvalidInput("metadata_field must be ['signature_def']", field="metadata_field")
-            name, versions = self._plane.model_versions("tfs.GetModelMetadata", name)
-            if version and all(e.version != version for e in versions):
-                raise NotFound(f"model {clip(name)} has no version {version}", field="model_spec.version")
+            name, versions = self._plane.model_versions(GET_MODEL_METADATA, name, version)
         except ServiceError as err:
             await status.abort(context, err)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -246,10 +247,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             name, version = _model(parsed(request).model_spec)
-            name, versions = self._plane.model_versions("tfs.GetModelStatus", name)
+            name, versions = self._plane.model_versions(GET_MODEL_STATUS, name, version)
             chosen = [e for e in versions if version in (0, e.version)]
-            if not chosen:
-                raise NotFound(f"model {clip(name)} has no version {version}", field="model_spec.version")
         except ServiceError as err:
             await status.abort(context, err)
         response = get_model_status_pb2.GetModelStatusResponse()

@@ -137,6 +137,18 @@ def test_traffic_panels():
     assert any("sum by (grpc_code)" in e and "grpc_server_handled_total" in e for e in errors)
 
 
+def test_protocol_panels_compare_the_front_ends():
+    (rate,) = _panel_queries("Request rate")
+    assert "sum by (model, protocol, rpc)" in rate
+    p50, p99 = _panel_queries("Prediction latency per protocol")
+    for quantile, expr in (("0.5", p50), ("0.99", p99)):
+        assert expr.startswith(f"histogram_quantile({quantile}, sum by (le, protocol) ")
+        assert "rate(ats_request_seconds_bucket" in expr
+    assert "sum by (protocol, rpc)" in _panel_queries("Predictions per protocol")[0]
+    (ratio,) = _panel_queries("Error ratio per protocol")
+    assert ratio.count("sum by (protocol)") == 2 and 'code!="OK"' in ratio
+
+
 def test_latency_percentiles_per_stage_come_from_the_histogram():
     for quantile in (50, 95, 99):
         (expr,) = _panel_queries(f"p{quantile} latency per stage")

@@ -47,7 +47,14 @@ def test_health_and_server_metadata(
     health = triton_venv.call("health", protocol, target(protocol, ats_server))
     assert health["live"] is True and health["ready"] is True
     assert health["model"] is True and health["model_v1"] is True
-    assert health["model_v9"] is False and health["unknown_model"] is False
+    # An unknown model or version is NOT_FOUND: tritonclient.grpc raises it,
+    # tritonclient.http turns every status but 200 into False.
+    if protocol == "grpc":
+        assert health["model_v9"]["status"] == "StatusCode.NOT_FOUND"
+        assert health["unknown_model"]["status"] == "StatusCode.NOT_FOUND"
+        assert "no-such-model" in health["unknown_model"]["message"]
+    else:
+        assert health["model_v9"] is False and health["unknown_model"] is False
     assert health["server"]["name"] == "ats-serve"
 
 
@@ -104,9 +111,9 @@ def test_bytes_image_gives_every_output_and_the_ats_v1_answer(
     with AtsClient(ats_server.target) as client:
         reference = client.predict(image, n_patches=3, seed=11)
     _same_as_ats_v1(result, reference)
-    rpc = "ModelInfer" if protocol == "grpc" else "rest.ModelInfer"
-    counted = metric(after, "ats_requests_total", rpc=rpc, code="OK", model=TINY_MODEL)
-    assert counted - metric(before, "ats_requests_total", rpc=rpc, code="OK", model=TINY_MODEL) == 1
+    labels = {"protocol": f"oip.{protocol}", "rpc": "ModelInfer", "code": "OK", "model": TINY_MODEL}
+    counted = metric(after, "ats_requests_total", **labels)
+    assert counted - metric(before, "ats_requests_total", **labels) == 1
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

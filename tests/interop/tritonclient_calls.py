@@ -40,6 +40,15 @@ class Client:
         return getattr(self.client, name)
 
 
+def _ready(call: Callable[[], bool]) -> bool | dict[str, str]:
+    """is_model_ready's answer, or the error it raised (tritonclient.grpc
+    raises on NOT_FOUND; tritonclient.http answers False for any status but 200)."""
+    try:
+        return call()
+    except InferenceServerException as error:
+        return {"status": str(error.status()), "message": str(error.message())}
+
+
 def health(protocol: str, target: str) -> dict[str, Any]:
     client = Client(protocol, target)
     return {
@@ -47,8 +56,8 @@ def health(protocol: str, target: str) -> dict[str, Any]:
         "ready": client.is_server_ready(),
         "model": client.is_model_ready(MODEL),
         "model_v1": client.is_model_ready(MODEL, "1"),
-        "model_v9": client.is_model_ready(MODEL, "9"),
-        "unknown_model": client.is_model_ready("no-such-model"),
+        "model_v9": _ready(lambda: client.is_model_ready(MODEL, "9")),
+        "unknown_model": _ready(lambda: client.is_model_ready("no-such-model")),
         "server": client.get_server_metadata(**client.as_json),
     }
 

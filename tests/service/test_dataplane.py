@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from service import errors
 from service.admission import Admission
 from service.budget import MemoryBudget
-from service.dataplane import DataPlane, InternalError, PredictCall
+from service.dataplane import ATS_V1, DataPlane, Endpoint, InternalError, PredictCall
 from service.metrics import Metrics
 from service.models.repository import ModelRegistry
 from service.models.warmup import warm_up
@@ -26,6 +26,10 @@ from service.pipeline.runner import PredictOptions
 from service.pipeline.sources import SourceLimits, SourceRegistry
 from service.server import status
 from service.uploads import Upload, UploadLimits, Uploads
+
+PREDICT = Endpoint(ATS_V1, "Predict")
+PREDICT_STREAM = Endpoint(ATS_V1, "PredictStream")
+GET_MODEL_METADATA = Endpoint(ATS_V1, "GetModelMetadata")
 
 
 class FakeCall:
@@ -71,7 +75,7 @@ def predict(plane: DataPlane, loop, read, call: FakeCall | None = None):
     async def read_async() -> PredictCall:
         return read()
 
-    return loop.run_until_complete(plane.predict("Predict", read_async, call or FakeCall()))
+    return loop.run_until_complete(plane.predict(PREDICT, read_async, call or FakeCall()))
 
 
 def requests_counted(plane: DataPlane, **labels: str) -> float:
@@ -100,6 +104,26 @@ def test_a_prediction_is_resolved_run_and_counted_once(plane, loop):
     assert served.model.name == "tiny" and served.model.version == 1
     assert served.prediction.probabilities.shape == (10,)
     assert requests_counted(plane, model="tiny", version="1", rpc="Predict", code="OK") == before + 1
+    assert requests_counted(plane, protocol="ats.v1", rpc="Predict", code="OK") >= 1
+    timed = plane.metrics.request_seconds.labels(model="tiny", protocol="ats.v1", rpc="Predict")
+    assert sum(b.get() for b in timed._buckets) >= 1
+
+
+def test_model_ready_is_counted_and_unknown_names_are_not_found(plane):
+    ready = Endpoint("oip.grpc", "ModelReady")
+    assert plane.model_ready(ready, "tiny") and plane.model_ready(ready, "tiny", 1)
+    with pytest.raises(errors.NotFound):
+        plane.model_ready(ready, "nope")
+    with pytest.raises(errors.NotFound):
+        plane.model_ready(ready, "tiny", 9)
+    assert requests_counted(plane, protocol="oip.grpc", rpc="ModelReady", code="OK") == 2
+    assert requests_counted(plane, model="", protocol="oip.grpc", rpc="ModelReady", code="NOT_FOUND") == 1
+    assert requests_counted(plane, model="tiny", version="", rpc="ModelReady", code="NOT_FOUND") == 1
+
+
+def test_an_endpoint_names_a_known_protocol():
+    with pytest.raises(ValueError):
+        Endpoint("rest", "ModelInfer")
 
 
 @pytest.mark.parametrize(
@@ -127,7 +151,7 @@ def test_a_conversion_error_of_the_front_end_is_counted_too(plane, loop):
 
     before = requests_counted(plane, rpc="PredictStream", code="INVALID_ARGUMENT")
     with pytest.raises(errors.InvalidInput):
-        loop.run_until_complete(plane.predict("PredictStream", read, FakeCall()))
+        loop.run_until_complete(plane.predict(PREDICT_STREAM, read, FakeCall()))
     assert requests_counted(plane, rpc="PredictStream", code="INVALID_ARGUMENT") == before + 1
 
 
@@ -164,7 +188,7 @@ def test_a_cancelled_call_is_counted_cancelled_and_frees_its_upload(plane, loop)
         return PredictCall("", 0, PredictOptions(), stalled)
 
     async def cancel_it() -> None:
-        task = asyncio.ensure_future(plane.predict("PredictStream", read, FakeCall()))
+        task = asyncio.ensure_future(plane.predict(PREDICT_STREAM, read, FakeCall()))
         await started.wait()
         assert plane.uploads.bytes_held == 1000
         task.cancel()
@@ -195,10 +219,10 @@ def test_admission_refuses_after_the_queue_timeout(loop):
 
 
 def test_metadata_uses_the_registry_default_rule(plane):
-    name, versions = plane.model_versions("GetModelMetadata", "")
+    name, versions = plane.model_versions(GET_MODEL_METADATA, "")
     assert name == "tiny" and [v.version for v in versions] == [1]
     with pytest.raises(errors.NotFound):
-        plane.model_versions("GetModelMetadata", "other")
+        plane.model_versions(GET_MODEL_METADATA, "other")
     assert requests_counted(plane, model="", rpc="GetModelMetadata", code="NOT_FOUND") == 1
 
 
