@@ -52,7 +52,8 @@ class TileOpener:
     def __call__(self, payload: Payload, channels: int, limits: SourceLimits) -> TileSource:
         assert isinstance(payload, TileRef)  # registered for ``tile`` payloads only
         recorder = Recorder(ReadStats(), self.totals, self._counters)
-        shared = self._acquire(self.root.open(payload.path), recorder, limits)
+        # a directory is a DICOM series; open_reader refuses any other
+        shared = self._acquire(self.root.open(payload.path, directories=True), recorder, limits)
         try:
             source = TileSource(shared.reader, channels, payload.level, limits.max_image_pixels, recorder)
         except BaseException:

@@ -155,6 +155,7 @@ class ConfinedFile:
         self.fd = fd
         # device, inode, mtime, size: changes when the file does
         self.identity = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+        self.is_directory = stat.S_ISDIR(info.st_mode)  # a DICOM series: read by the entries it holds
         self._closer = weakref.finalize(self, os.close, fd)
 
     @property
@@ -176,8 +177,8 @@ class ConfinedFile:
         self._closer()
 
 
-def _kind_error(mode: int) -> ServiceError | None:
-    if stat.S_ISREG(mode):
+def _kind_error(mode: int, directories: bool) -> ServiceError | None:
+    if stat.S_ISREG(mode) or (directories and stat.S_ISDIR(mode)):
         return None
     if stat.S_ISDIR(mode):
         return InvalidInput("tile.path is a directory, not an image file", field=FIELD)
@@ -247,8 +248,9 @@ class DataRoot:
                     raise
         return _walk(self.fd, path)
 
-    def open(self, reference: str) -> ConfinedFile:
-        """Open ``reference`` (relative to the root, or absolute inside it) for reading.
+    def open(self, reference: str, directories: bool = False) -> ConfinedFile:
+        """Open ``reference`` (relative to the root, or absolute inside it) for reading;
+        a directory only with ``directories`` (a DICOM series is one).
 
         Raises the documented ServiceError for every refusal, with nothing left open.
         """
@@ -264,7 +266,7 @@ class DataRoot:
         except BaseException:
             os.close(fd)
             raise
-        error = _kind_error(info.st_mode)
+        error = _kind_error(info.st_mode, directories)
         if error is not None:
             os.close(fd)
             raise error

@@ -1,6 +1,7 @@
 """Picks the reader for a confined file: vendor slide formats by extension
 (several are TIFF inside, but only OpenSlide knows their layout), the rest by
-their first bytes, never by a name a client chose."""
+their first bytes, never by a name a client chose; a directory is a DICOM
+series."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from service.pipeline.sources import SourceLimits
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD, ConfinedFile
 from service.tiles.readers.base import Reader
+from service.tiles.readers.dicom import DicomReader, is_dicom
 from service.tiles.readers.files import pread_exact
 from service.tiles.readers.plain import PlainReader
 from service.tiles.readers.slide import EXTENSIONS as SLIDE_EXTENSIONS
@@ -23,6 +25,7 @@ FORMATS = (
     "OME-TIFF",
     "PNG",
     "JPEG",
+    "DICOM",
     *(ext.lstrip(".").upper() for ext in SLIDE_EXTENSIONS),
 )
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
@@ -33,6 +36,8 @@ def open_reader(
     file: ConfinedFile, cache: TileCache, recorder: Recorder, limits: SourceLimits, slide_cache: SlideCache
 ) -> Reader:
     """A reader owning ``file`` from now on. If this raises, the file stays the caller's to close."""
+    if file.is_directory:
+        return DicomReader(file, cache, recorder)
     name = file.real_path.lower()
     if name.endswith(NAMED_EXTENSIONS):
         raise Unsupported(
@@ -41,7 +46,7 @@ def open_reader(
             "slide to a pyramidal TIFF",
             field=FIELD,
         )
-    head = pread_exact(file, min(8, file.size), 0)
+    head = pread_exact(file, min(132, file.size), 0)  # DICOM's magic follows a 128-byte preamble
     recorder.record(bytes_read=len(head))
     if name.endswith(SLIDE_EXTENSIONS):
         if head.startswith(_TIFF_MAGIC):
@@ -51,4 +56,6 @@ def open_reader(
         return TiffReader(file, cache, recorder)
     if head.startswith(_PLAIN_MAGIC):
         return PlainReader(file, cache, recorder, limits.max_image_pixels, limits.max_image_bytes)
+    if is_dicom(head):
+        return DicomReader(file, cache, recorder)
     raise InvalidInput(f"not a readable image: tile references accept {', '.join(FORMATS)}", field=FIELD)

@@ -24,6 +24,10 @@ from service.tiles.stats import Recorder
 
 log = logging.getLogger(__name__)
 _PIL_MODES = {1: "L", 3: "RGB"}
+# Levels whose pixel size is within this share of another's are taken as that size:
+# files round their spacings, and vendor pyramids' downsamples are rarely exact integers.
+MPP_TOLERANCE = 0.01
+Mpp = tuple[float, float]  # (x, y) micrometres per pixel
 
 
 @contextlib.contextmanager
@@ -95,6 +99,7 @@ class Reader(abc.ABC):
     """
 
     format_name: str  # shown in errors and logs, e.g. "TIFF", "SVS", "PNG"
+    base_mpp: Mpp | None = None  # level 0's pixel size, where the file states it
 
     def __init__(self, file: ConfinedFile, cache: TileCache, grids: list[LevelGrid], channels: int) -> None:
         if not grids:
@@ -111,6 +116,23 @@ class Reader(abc.ABC):
     @property
     def level_shapes(self) -> list[tuple[int, int]]:
         return [(g.height, g.width) for g in self.grids]
+
+    def mpp(self, level: int) -> Mpp | None:
+        """(x, y) micrometres per pixel of ``level``, or None where the file does not
+        state a pixel size: level 0's scaled by the level's size."""
+        if self.base_mpp is None:
+            return None
+        (height, width), (level_height, level_width) = self.level_shapes[0], self.level_shapes[level]
+        return self.base_mpp[0] * width / level_width, self.base_mpp[1] * height / level_height
+
+    def level_for_mpp(self, mpp: float) -> int | None:
+        """The coarsest level at least as detailed as ``mpp`` micrometres per pixel on
+        both axes (level 0 if none is), or None where the file states no pixel size."""
+        sizes = [self.mpp(level) for level in range(len(self.grids))]
+        if any(size is None for size in sizes):
+            return None
+        fits = [i for i, size in enumerate(sizes) if size and max(size) <= mpp * (1 + MPP_TOLERANCE)]
+        return min(fits, key=lambda i: self.level_shapes[i][0] * self.level_shapes[i][1], default=0)
 
     @abc.abstractmethod
     def _load_tile(self, level: int, row: int, col: int, recorder: Recorder) -> np.ndarray:

@@ -16,6 +16,7 @@ confined that way and are refused (``NAMED_EXTENSIONS``).
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from service.tiles.cache import TileCache
 from service.tiles.paths import ConfinedFile
-from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
+from service.tiles.readers.base import LevelGrid, Mpp, Reader, unreadable_is_invalid
 from service.tiles.stats import Recorder, ThreadReadMeter
 
 GRID = 512
@@ -32,6 +33,19 @@ NAMED_EXTENSIONS = (".mrxs", ".vms", ".vmu")
 # OpenSlide's own cache only smooths reads of neighbouring grid cells: the
 # decoded cells live in the shared tile cache.
 _OPENSLIDE_CACHE_BYTES = 16 << 20
+
+
+def _mpp(properties: Any) -> Mpp | None:
+    """(x, y) micrometres per pixel of level 0, where the slide states them."""
+    import openslide
+
+    try:
+        x, y = (
+            float(properties[name]) for name in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
+        )
+    except (KeyError, ValueError):
+        return None
+    return (x, y) if min(x, y) > 0 and math.isfinite(x + y) else None
 
 
 class SlideCache:
@@ -70,6 +84,7 @@ class SlideReader(Reader):
                 vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
                 self._downsamples = self._slide.level_downsamples
                 grids = [LevelGrid(h, w, GRID, GRID) for w, h in self._slide.level_dimensions]
+                self.base_mpp = _mpp(self._slide.properties)
             self.format_name = (vendor or "slide").upper()
             super().__init__(file, cache, grids, 3)
         except BaseException:

@@ -10,7 +10,10 @@ work too, a strip being a tile as wide as the image, within a size bound.
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
+import xml.etree.ElementTree as ElementTree
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -19,7 +22,7 @@ from service.errors import InvalidInput
 from service.tiles.cache import TileCache
 from service.tiles.paths import FIELD, ConfinedFile
 from service.tiles.readers import frames
-from service.tiles.readers.base import LevelGrid, Reader, unreadable_is_invalid
+from service.tiles.readers.base import LevelGrid, Mpp, Reader, unreadable_is_invalid
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
 
@@ -51,6 +54,44 @@ _DECODE_ERRORS = (RuntimeError, ValueError, IndexError, EOFError)
 _PHOTOMETRIC = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR}
 _PHOTOMETRIC_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.PHOTOMETRIC}
 _COMPRESSION_NAMES: dict[int | None, str] = {member.value: member.name for member in tifffile.COMPRESSION}
+_MICRONS_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centimetre
+_OME_MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _positive(value: float) -> float | None:
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _ome_mpp(xml: str) -> Mpp | None:
+    """(x, y) from the first OME Pixels element's PhysicalSizeX/Y (micrometres
+    unless a unit says otherwise); None when absent or unreadable."""
+    try:
+        pixels = next(
+            (node for node in ElementTree.fromstring(xml).iter() if node.tag.endswith("Pixels")), None
+        )
+        sizes = [
+            _positive(float(pixels.get(f"PhysicalSize{axis}", "nan")) * _OME_MICRONS[unit])
+            for axis in "XY"
+            if pixels is not None and (unit := pixels.get(f"PhysicalSize{axis}Unit", "µm")) in _OME_MICRONS
+        ]
+    except (ElementTree.ParseError, ValueError):
+        return None
+    return (sizes[0], sizes[1]) if len(sizes) == 2 and sizes[0] and sizes[1] else None
+
+
+def _tag_mpp(page: tifffile.TiffPage) -> Mpp | None:
+    """(x, y) from the resolution tags, pixels per inch or centimetre; None
+    without them, without a unit, or when they are not positive numbers."""
+    unit = page.tags.get("ResolutionUnit")
+    per_unit = _MICRONS_PER_UNIT.get((_tag_int(unit.value) or 0) if unit is not None else 2)  # default: inch
+    values: list[Any] = [getattr(page.tags.get(name), "value", ()) for name in ("XResolution", "YResolution")]
+    try:
+        sizes = [
+            _positive(per_unit * value[1] / value[0]) for value in values if per_unit and len(value) == 2
+        ]
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return (sizes[0], sizes[1]) if len(sizes) == 2 and sizes[0] and sizes[1] else None
 
 
 def _check_ifds(file: CountingFile) -> None:
@@ -275,6 +316,8 @@ class TiffReader(Reader):
                 self.format_name = (
                     "OME-TIFF" if self._tif.is_ome else "BIGTIFF" if self._tif.is_bigtiff else "TIFF"
                 )
+                ome = self._tif.ome_metadata if self._tif.is_ome else None
+                self.base_mpp = _ome_mpp(ome) if ome else _tag_mpp(self._pages[0])
             super().__init__(file, cache, grids, self._pages[0].samplesperpixel)
         except BaseException:
             self._tif.close()
