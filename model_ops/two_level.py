@@ -51,8 +51,8 @@ def region_seeds(seed: SeedLike, batch_size: tf.Tensor, n_regions: int | tf.Tens
     Slot ``k`` of an image with seed ``s`` (read as
     :func:`model_ops.sampling.row_keys` reads it) gets ``splitmix64(s + (k +
     1) * golden)``: a region's draw depends on neither the batch nor the
-    other slots, and is unrelated to the stream the regions were drawn with. ``None``
-    stays ``None`` (fresh draws).
+    other slots, and is unrelated to the stream the regions were drawn with.
+    ``None`` stays ``None`` (fresh draws).
     """
     if seed is None:
         return None
