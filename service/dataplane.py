@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
+from service import tracing
 from service.admission import Admission
 from service.budget import DEADLINE_SLACK, MemoryBudget, RequestBudget, bound
 from service.errors import Code, DeadlineExceeded, NotFound, ServiceError
@@ -195,23 +196,27 @@ class DataPlane:
         started = time.perf_counter()
         budget = RequestBudget(self.memory, call.time_remaining())
         self.metrics.in_flight.inc()
-        try:
-            with self._accounted(endpoint) as labels:
-                try:
-                    served = await self._predict(read, budget, labels)
-                    self.metrics.request_seconds.labels(
-                        model=served.model.name, protocol=endpoint.protocol, rpc=endpoint.rpc
-                    ).observe(time.perf_counter() - started)
-                    return served
-                except ServiceError:
-                    if budget.streamed:
-                        await self._caller_gone(budget, labels)
-                    raise
-                except asyncio.CancelledError:
-                    labels.code = _cancellation_code(budget)
-                    raise
-        finally:
-            self.metrics.in_flight.dec()
+        with tracing.span("ats.predict", protocol=endpoint.protocol) as span:
+            try:
+                with self._accounted(endpoint) as labels:
+                    try:
+                        served = await self._predict(read, budget, labels)
+                        self.metrics.request_seconds.labels(
+                            model=served.model.name, protocol=endpoint.protocol, rpc=endpoint.rpc
+                        ).observe(time.perf_counter() - started)
+                        return served
+                    except ServiceError:
+                        if budget.streamed:
+                            await self._caller_gone(budget, labels)
+                        raise
+                    except asyncio.CancelledError:
+                        labels.code = _cancellation_code(budget)
+                        raise
+            finally:
+                self.metrics.in_flight.dec()
+                if labels.model:  # resolved: a name of the repository, never the client's text
+                    span.set_attributes({"ats.model": labels.model, "ats.version": labels.version})
+                span.set_attribute("ats.code", labels.code.value)
 
     async def _predict(
         self, read: Callable[[], Awaitable[PredictCall]], budget: RequestBudget, labels: _Labels
@@ -250,7 +255,7 @@ class DataPlane:
                     err.__context__ = err.__cause__ = None
                     raise err.with_traceback(None) from None
 
-        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, tracing.bind(work))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
