@@ -46,10 +46,13 @@ class ServerProcess:
         *flags: str,
         env: dict[str, str] | None = None,
         client: Mapping[str, Any] | None = None,
+        cwd: pathlib.Path = ROOT,
     ) -> None:
         """``repository`` None: the server's default (the shipped models/).
         ``client``: the AtsClient options that reach it (TLS files, token), for
-        the readiness wait and for whoever calls it (``client_options``)."""
+        the readiness wait and for whoever calls it (``client_options``).
+        ``cwd``: where ``service`` is imported from first (another checkout's
+        server, for a side-by-side benchmark)."""
         self.client_options = dict(client or {})
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -76,7 +79,7 @@ class ServerProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from service import tracing
 from service.admission import Admission
+from service.batching import Batcher
 from service.budget import DEADLINE_SLACK, MemoryBudget, RequestBudget, bound
 from service.errors import Code, DeadlineExceeded, NotFound, ServiceError
 from service.metrics import Metrics
@@ -132,6 +133,7 @@ class DataPlane:
         uploads: Uploads,
         memory: MemoryBudget,
         executor: concurrent.futures.Executor,
+        batcher: Batcher | None = None,
     ) -> None:
         self.models = models
         self.sources = sources
@@ -140,6 +142,7 @@ class DataPlane:
         self.memory = memory
         self._admission = admission
         self._executor = executor
+        self._batcher = batcher
 
     @contextlib.contextmanager
     def _accounted(self, endpoint: Endpoint) -> Iterator[_Labels]:
@@ -246,7 +249,9 @@ class DataPlane:
         def work() -> Prediction:
             with bound(budget, self._admission.queue_timeout):
                 try:
-                    return runner.run(model, payload, options, self.sources, budget.is_active)
+                    return runner.run(
+                        model, payload, options, self.sources, budget.is_active, self._batcher
+                    )
                 except ServiceError as err:
                     # The traceback's frames, and those of the library error
                     # it replaced (its context), hold what the stages had made

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MEGAPIXEL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000, 10000)
 PATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 # Seconds an HTTPS scrape connection may take for its handshake, and then per read.
 CONNECTION_TIMEOUT = 10.0
 
@@ -68,6 +69,13 @@ class Metrics:
             "Patches per prediction",
             ["model"],
             buckets=PATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "ats_batch_size",
+            "Requests per graph call of the batcher (their queue time is ats_stage_seconds, stage queue)",
+            ["model"],
+            buckets=BATCH_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge("ats_requests_in_flight", "Predictions being served", registry=registry)
@@ -128,6 +136,9 @@ class Metrics:
         }
         for name, (doc, read) in gauges.items():
             Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def observe_batch(self, model: str, size: int) -> None:
+        self.batch_size.labels(model).observe(size)
 
     def observe_prediction(self, model: str, prediction: Prediction) -> None:
         for stage, seconds in prediction.timings.items():

@@ -22,6 +22,7 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
+import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -30,6 +31,7 @@ from ats_api.oip.v2 import open_inference_pb2 as oip_pb
 from ats_api.v1 import attention_sampling_pb2 as pb
 from service import tracing
 from service.admission import Admission
+from service.batching import Batcher, BatchSettings
 from service.budget import MemoryBudget
 from service.config import AuthGroup, Config, memory_ceiling
 from service.dataplane import DataPlane
@@ -124,6 +126,15 @@ def exposure_warnings(config: Config) -> list[str]:
     return warnings
 
 
+def _tensorflow_threads(config: Config) -> None:
+    """TensorFlow's thread pools, sized before its first op (they cannot change afterwards)."""
+    threading_config = tf.config.threading
+    if config.intra_op_threads:
+        threading_config.set_intra_op_parallelism_threads(config.intra_op_threads)
+    if config.inter_op_threads:
+        threading_config.set_inter_op_parallelism_threads(config.inter_op_threads)
+
+
 class Server:
     """The gRPC front end over the data plane, with health, reflection and the metrics endpoint."""
 
@@ -140,6 +151,7 @@ class Server:
         except CredentialFileError as error:
             log.error("cannot start: %s", error)
             raise
+        _tensorflow_threads(config)
         self.metrics = Metrics(registry)
         if config.tracing:
             tracing.configure(True)
@@ -159,6 +171,14 @@ class Server:
         add_tile_source(self.sources, config.data_root, config.tile_cache_bytes, counters=self.metrics)
         self._predict_threads = futures.ThreadPoolExecutor(
             max_workers=config.max_concurrent_predicts, thread_name_prefix="predict"
+        )
+        self._batcher = (
+            Batcher(
+                BatchSettings(config.batch_max_size, config.batch_timeout_us / 1e6, config.batch_threads),
+                self.metrics.observe_batch,
+            )
+            if config.batch_max_size
+            else None
         )
         self.plane = self._on_loop(self._make_plane())
         self.metrics.watch(self.memory, self.plane.uploads)
@@ -188,7 +208,14 @@ class Server:
         )
         admission = Admission(config.max_concurrent_predicts, config.queue_timeout)
         return DataPlane(
-            self.models, self.sources, self.metrics, admission, uploads, self.memory, self._predict_threads
+            self.models,
+            self.sources,
+            self.metrics,
+            admission,
+            uploads,
+            self.memory,
+            self._predict_threads,
+            self._batcher,
         )
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
@@ -334,6 +361,8 @@ class Server:
             self._on_loop(self._health_grpc.stop(0))
         self._stopping.set()
         self._predict_threads.shutdown(wait=True)
+        if self._batcher is not None:
+            self._batcher.close()
         if self.config.tracing:
             tracing.shutdown()  # exports the spans still buffered
         self.models.stop()
