@@ -106,11 +106,21 @@ class Upload:
         self._uploads._charge(nbytes)
         self._held += nbytes
 
-    async def receive(self, chunks: AsyncIterator[bytes], declared: Declared | None = None) -> bytes:
+    async def receive(
+        self,
+        chunks: AsyncIterator[bytes],
+        declared: Declared | None = None,
+        *,
+        max_bytes: int | None = None,
+        what: str = "streamed image",
+    ) -> bytes:
         """Every chunk of a stream, within the time and size limits; a declared
-        tensor is checked before the first chunk is awaited."""
+        tensor is checked before the first chunk is awaited. ``max_bytes``
+        (default: the image limit) caps what the stream may send, ``what``
+        names it in that error (an HTTP front end receives a whole request
+        body here, not only an image)."""
         limits = self._uploads.limits
-        ceiling = limits.max_image_bytes
+        ceiling = limits.max_image_bytes if max_bytes is None else max_bytes
         if declared is not None:
             if declared.pixels > limits.max_image_pixels:
                 raise TooLarge(
@@ -152,7 +162,7 @@ class Upload:
                         f"the stream sent more than the {declared.nbytes} bytes its header declared",
                         field="chunk",
                     )
-                raise TooLarge(f"streamed image exceeds the server limit of {ceiling} bytes", field="chunk")
+                raise TooLarge(f"{what} exceeds the server limit of {ceiling} bytes", field="chunk")
             self.hold(len(chunk))
             parts.append(chunk)
 

@@ -117,6 +117,7 @@ def exposure_warnings(config: Config) -> list[str]:
                 f"{where} without tokens for inference (--auth-tokens-file) or client certificates "
                 "(--tls-client-ca): whoever reaches it can run the models"
             )
+        warnings.extend(oip_http.exposure_warnings(config))
     metrics_host = config.metrics_host or config.host
     if config.metrics_port and not config.metrics_tls_cert and not is_loopback(metrics_host):
         warnings.append(

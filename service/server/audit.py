@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
@@ -45,3 +46,29 @@ def refused(peer: str, method: str, reason: str, identities: Iterable[bytes] = (
 def refused_call(context: grpc.aio.ServicerContext, method: str, reason: str) -> None:
     """Record a refused gRPC call."""
     refused(context.peer(), method, reason, context.peer_identities() or ())
+
+
+def socket_peer(peername: Any) -> str:
+    """A socket's peer address written as gRPC writes its peers (``ipv4:127.0.0.1:5000``,
+    ``ipv6:[::1]:5000``), so the audit trail reads alike for every front end."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = str(peername[0]), peername[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return str(peername or "unknown")
+
+
+def certificate_names(peercert: Any) -> list[bytes]:
+    """The identities of a verified client certificate as ``ssl`` reports it
+    (``getpeercert()``): its subject alternative names, else its common name,
+    which is what gRPC's ``peer_identities`` gives."""
+    if not peercert:
+        return []
+    names = [str(value).encode() for _, value in peercert.get("subjectAltName", ())]
+    if names:
+        return names
+    return [
+        str(value).encode()
+        for part in peercert.get("subject", ())
+        for key, value in part
+        if key == "commonName"
+    ]

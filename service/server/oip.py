@@ -7,6 +7,7 @@ tritonclient or KServe client calls the same models the same way."""
 from __future__ import annotations
 
 import importlib.metadata
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -89,18 +90,29 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        """The call's deadline: gRPC's, or the ``timeout`` parameter if sooner."""
+        started = time.monotonic()
+        problem: ServiceError | None = None
+        try:
+            timeout = oip_convert.timeout(parsed(request).parameters)
+        except ServiceError as err:  # raised by read(), so that it is counted
+            problem, timeout = err, None
+
         async def payload(upload: Upload) -> Payload:
             image = oip_convert.image(request)
             upload.hold(image.nbytes())
             return image.payload()
 
         async def read() -> PredictCall:
+            if problem is not None:
+                raise problem
             message: pb.ModelInferRequest = parsed(request)
             oip_convert.requested_outputs(message)  # refused before the model runs
             return oip_convert.predict_call(message, payload)
 
         try:
-            served = await self._plane.predict(MODEL_INFER, read, context)
+            deadline = oip_convert.Deadline(started, context.time_remaining(), timeout)
+            served = await self._plane.predict(MODEL_INFER, read, deadline)
         except ServiceError as err:
             await status.abort(context, err)
         names = oip_convert.requested_outputs(request)

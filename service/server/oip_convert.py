@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
@@ -126,6 +127,36 @@ def options(parameters: Mapping[str, pb.InferParameter]) -> PredictOptions:
         )
     seed = values.get("seed")
     return PredictOptions(n_patches=n_patches, seed=seed if isinstance(seed, int) else None, mode=mode)  # type: ignore[arg-type]
+
+
+def timeout(parameters: Mapping[str, pb.InferParameter]) -> float | None:
+    """The request's ``timeout`` parameter in seconds, or None: microseconds
+    in an int64, as tritonclient's ``infer(timeout=...)`` sends it (over
+    both transports; Triton itself applies it to queued requests). Here it
+    is the call's deadline, counted from the request's arrival."""
+    if "timeout" not in parameters:
+        return None
+    value = _parameter(parameters["timeout"])
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(
+            "parameter timeout must be a positive integer of microseconds (int64_param)",
+            field="parameters.timeout",
+        )
+    return value / 1e6
+
+
+class Deadline:
+    """A call's time left (the data plane's ``Call``): the transport's own
+    deadline (a gRPC deadline; None over HTTP) or the request's ``timeout``
+    parameter, whichever comes first, both counted from ``started`` (a
+    ``time.monotonic()`` reading taken when the request arrived)."""
+
+    def __init__(self, started: float, transport: float | None, parameter: float | None) -> None:
+        limits = [t for t in (transport, parameter) if t is not None]
+        self._at = started + min(limits) if limits else None
+
+    def time_remaining(self) -> float | None:
+        return None if self._at is None else self._at - time.monotonic()
 
 
 @dataclasses.dataclass(frozen=True)

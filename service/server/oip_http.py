@@ -5,13 +5,23 @@ Requests are translated to the protocol's gRPC messages and through the same
 conversions (``oip_convert``) and data plane as the gRPC servicer, so both
 transports accept and answer exactly the same things. JSON bodies and the
 binary-data extension (``Inference-Header-Content-Length``) are supported;
-errors are ``{"error": message}`` with the status from :data:`HTTP_STATUS`.
+errors are ``{"error": message}`` with the status from :func:`http_status`.
+
+An infer body is received like a gRPC stream (``service.uploads``): one of
+``--max-uploads``, charged to ``--upload-budget-bytes``, bounded by
+``--upload-idle-timeout`` between chunks and ``--upload-total-timeout`` in
+all, and by the largest message (``--max-message-bytes``). A body over that
+size is 413, a full budget 429, a stalled body 504; the request's
+``timeout`` parameter (microseconds, as tritonclient sends it) is its
+deadline. Refusals are audited (``service.audit``) as on gRPC, and the TLS
+certificate is re-read for new connections when its files change.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,18 +32,20 @@ from grpc_health.v1 import health, health_pb2
 from ats_api.oip.v2 import open_inference_pb2 as pb
 from service.config import AuthGroup, Config
 from service.dataplane import OIP_HTTP, DataPlane, Endpoint, PredictCall
-from service.errors import Code, InvalidInput, ServiceError, clip
+from service.errors import Code, InvalidInput, ServiceError, TooLarge, clip
 from service.pipeline.payload import Payload
-from service.server import oip_convert
+from service.server import audit, oip_convert
 from service.server.auth import REFUSAL, TokenFile, refusal_reason
 from service.server.oip import SERVER_NAME, server_version
-from service.server.tls import TlsFiles, WatchedTls, ssl_context
+from service.server.tls import TlsFiles, WatchedTls, rotating_ssl_context, ssl_context
 from service.uploads import Upload
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-# The one table of HTTP statuses for service errors.
+# Bytes of an infer body read at a time.
+BODY_CHUNK = 1 << 16
+# The one table of HTTP statuses for service errors (see http_status).
 HTTP_STATUS: dict[Code, int] = {
     Code.CANCELLED: 499,
     Code.INVALID_ARGUMENT: 400,
@@ -53,15 +65,18 @@ _NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _NoDeadline:
-    """An HTTP call has no deadline of its own (the server's limits still apply)."""
-
-    def time_remaining(self) -> float | None:
-        return None
+def http_status(error: ServiceError) -> int:
+    """The HTTP status of a service error: its code's, except that a request
+    or image over a size limit is 413 Content Too Large (gRPC says
+    RESOURCE_EXHAUSTED for both that and a full server, which is 429 here:
+    retry later)."""
+    if isinstance(error, TooLarge):
+        return 413
+    return HTTP_STATUS.get(error.code, 500)
 
 
 def _error(error: ServiceError) -> web.Response:
-    return web.json_response({"error": error.message}, status=HTTP_STATUS.get(error.code, 500))
+    return web.json_response({"error": error.message}, status=http_status(error))
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -197,6 +212,7 @@ class OpenInferenceHttp:
         self._health = health_servicer
         self._tokens = tokens
         self._restricted = restricted
+        self._max_body_bytes = max_body_bytes
         self._version = server_version()
         self.app = web.Application(client_max_size=max_body_bytes)
         model = "/v2/models/{model}"
@@ -214,19 +230,26 @@ class OpenInferenceHttp:
             self.app.router.add_post(path, self._guarded(AuthGroup.INFERENCE, self.infer))
 
     def _guarded(self, group: AuthGroup, handler: Handler) -> Handler:
+        """``handler`` behind the token check (a refusal is audited and its
+        body never read), its service errors as the protocol's JSON errors."""
+
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self._tokens is not None and group in self._restricted:
                 headers = [("authorization", v) for v in request.headers.getall("Authorization", [])]
                 reason = refusal_reason(self._tokens, headers)
                 if reason is not None:
-                    log.warning(
-                        "refused %s %s from %s: %s", request.method, request.path, request.remote, reason
+                    transport = request.transport
+                    audit.refused(
+                        audit.socket_peer(transport.get_extra_info("peername") if transport else None),
+                        f"{request.method} {request.path}",
+                        reason,
+                        audit.certificate_names(transport.get_extra_info("peercert") if transport else None),
                     )
-                    return web.json_response({"error": REFUSAL}, status=401)
+                    return _unread(request, web.json_response({"error": REFUSAL}, status=401))
             try:
                 return await handler(request)
             except ServiceError as error:
-                return _error(error)
+                return _unread(request, _error(error))
 
         return guarded
 
@@ -270,48 +293,99 @@ class OpenInferenceHttp:
             }
         )
 
+    async def _body(self, request: web.Request, upload: Upload) -> bytes:
+        """The request body, received within the upload limits and charged to
+        the upload budget through ``upload`` (a declared Content-Length over
+        the limit is refused before a byte is read)."""
+        limit = self._max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(
+                f"the request body of {request.content_length} bytes exceeds the server limit of {limit} "
+                "bytes (--max-message-bytes)",
+                field="body",
+            )
+        return await upload.receive(
+            request.content.iter_chunked(BODY_CHUNK), max_bytes=limit, what="the request body"
+        )
+
     async def infer(self, request: web.Request) -> web.StreamResponse:
-        parsed: list[tuple[pb.ModelInferRequest, frozenset[str]]] = []
-
-        async def payload(upload: Upload) -> Payload:
-            image = oip_convert.image(parsed[0][0])
-            upload.hold(image.nbytes())
-            return image.payload()
-
-        async def read() -> PredictCall:
-            body = await request.read()
-            parsed.append(
-                infer_request(
-                    body,
+        """The body is received first (as gRPC receives a unary message before
+        its handler runs), so that its ``timeout`` parameter can set the
+        deadline; a failure there is raised by ``read``, so it is counted like
+        every other. The body's bytes stay charged until the answer is built."""
+        started = time.monotonic()
+        async with self._plane.uploads.upload() as upload:
+            problem: ServiceError | None = None
+            message, binary, timeout = pb.ModelInferRequest(), frozenset[str](), None
+            try:
+                message, binary = infer_request(
+                    await self._body(request, upload),
                     request.headers.get(HEADER_LENGTH),
                     request.match_info["model"],
                     request.match_info.get("version", ""),
                 )
-            )
-            message = parsed[0][0]
-            oip_convert.requested_outputs(message)
-            return oip_convert.predict_call(message, payload)
+                timeout = oip_convert.timeout(message.parameters)
+            except ServiceError as error:
+                problem = error
 
-        served = await self._plane.predict(MODEL_INFER, read, _NoDeadline())
-        message, binary = parsed[0]
-        names = oip_convert.requested_outputs(message)
-        # built raw, then laid out as JSON or binary data
-        return infer_response(oip_convert.response(served, message, names, raw=True), binary)
+            async def payload(_: Upload) -> Payload:
+                return oip_convert.image(message).payload()  # its bytes are the body's, charged already
+
+            async def read() -> PredictCall:
+                if problem is not None:
+                    raise problem
+                oip_convert.requested_outputs(message)
+                return oip_convert.predict_call(message, payload)
+
+            deadline = oip_convert.Deadline(started, None, timeout)
+            served = await self._plane.predict(MODEL_INFER, read, deadline)
+            names = oip_convert.requested_outputs(message)
+            # built raw, then laid out as JSON or binary data
+            return infer_response(oip_convert.response(served, message, names, raw=True), binary)
+
+
+def _unread(request: web.Request, response: web.Response) -> web.Response:
+    """``response``, closing the connection after it when the request's body
+    was not read to its end (a refused or stalled upload is not drained)."""
+    if request.body_exists and not request.content.at_eof():
+        response.force_close()
+    return response
+
+
+def exposure_warnings(config: Config) -> list[str]:
+    """What the HTTP/REST port, bound to a host other than loopback, leaves
+    open to the network (it shares the gRPC port's TLS and tokens), for the
+    INSECURE warnings at start."""
+    if not config.http_port:
+        return []
+    where = f"HTTP/REST (Open Inference Protocol) listens on {config.host}:{config.http_port}"
+    warnings = []
+    if not config.tls_cert:
+        warnings.append(
+            f"{where} without TLS: images, predictions and tokens cross the network in clear "
+            "(set --tls-cert and --tls-key, or --http-port 0)"
+        )
+    if AuthGroup.INFERENCE not in config.restricted_groups() and not config.tls_client_ca:
+        warnings.append(
+            f"{where} without tokens for inference (--auth-tokens-file) or client certificates "
+            "(--tls-client-ca): whoever reaches it can run the models (or set --http-port 0)"
+        )
+    return warnings
 
 
 async def serve(
     config: Config, plane: DataPlane, health_servicer: health.aio.HealthServicer, tokens: TokenFile | None
 ) -> tuple[web.AppRunner, int]:
     """Serve the REST protocol on ``--host``:``--http-port`` with the gRPC port's
-    tokens and TLS (its certificate as read at start); returns the runner to
-    clean up at shutdown, and the port bound."""
+    tokens and TLS (its files re-read for new connections when they change);
+    returns the runner to clean up at shutdown, and the port bound."""
     front = OpenInferenceHttp(
         plane, health_servicer, tokens, config.restricted_groups(), config.max_message_bytes
     )
     ssl = None
     if config.tls_cert:
         files = TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca, "--tls")
-        ssl = WatchedTls(files, ssl_context).current
+        ssl = rotating_ssl_context(WatchedTls(files, ssl_context))
     runner = web.AppRunner(front.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host.strip("[]"), config.http_port, ssl_context=ssl, reuse_port=False)

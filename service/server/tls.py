@@ -1,4 +1,4 @@
-"""TLS from PEM files for the gRPC port and the metrics endpoint, re-read
+"""TLS from PEM files for the gRPC port, the HTTP/REST port and the metrics endpoint, re-read
 when the files change, so a certificate rotation needs no restart.
 
 The files are checked before they are used, with messages that say what to
@@ -161,3 +161,21 @@ def ssl_contexts(watched: WatchedTls[ssl.SSLContext]) -> Callable[[], ssl.SSLCon
         return watched.current
 
     return current
+
+
+def rotating_ssl_context(watched: WatchedTls[ssl.SSLContext]) -> ssl.SSLContext:
+    """One SSL context for a server that takes a single one for all its
+    connections (asyncio's, so aiohttp's): each new connection's handshake
+    switches to the current context, refreshed from the files first, so a
+    rotated certificate serves new connections and open ones keep theirs.
+
+    The switch happens in the SNI callback, which OpenSSL calls for every
+    ClientHello, with or without a server name."""
+    current = ssl_contexts(watched)
+    base = ssl_context(watched.files, load(watched.files))
+
+    def switch(connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = current()
+
+    base.sni_callback = switch
+    return base

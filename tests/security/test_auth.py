@@ -266,9 +266,11 @@ def test_json_audit_records_carry_their_fields(locked_server, methods, pki):
 
 def test_a_plaintext_server_with_tokens_is_warned_about(locked_server):
     warnings = [line for line in locked_server.log().splitlines() if "INSECURE" in line]
-    assert len(warnings) == 2, warnings
+    assert len(warnings) == 3, warnings
     assert "without TLS: images, predictions and tokens cross the network in clear" in warnings[0]
-    assert "metrics served over plain HTTP on 0.0.0.0" in warnings[1]
+    assert "HTTP/REST (Open Inference Protocol) listens on 0.0.0.0:" in warnings[1]
+    assert "without TLS" in warnings[1]
+    assert "metrics served over plain HTTP on 0.0.0.0" in warnings[2]
 
 
 def test_a_method_missing_from_the_table_needs_a_token(tmp_path, pki):

@@ -181,9 +181,16 @@ def test_a_bare_server_binds_loopback_only():
 def test_every_open_door_is_warned_about():
     everything_open = Config(host="0.0.0.0")
     warned = exposure_warnings(everything_open)
-    assert len(warned) == 3
+    assert len(warned) == 5
+    assert "gRPC listens on 0.0.0.0:8500" in warned[0] and "gRPC listens on 0.0.0.0:8500" in warned[1]
     assert "without TLS" in warned[0] and "without tokens for inference" in warned[1]
-    assert "metrics served over plain HTTP on 0.0.0.0:8502" in warned[2]
+    # the HTTP/REST port shares the gRPC port's TLS and tokens, and is warned about by its own number
+    assert "HTTP/REST (Open Inference Protocol) listens on 0.0.0.0:8501 without TLS" in warned[2]
+    assert "8501 without tokens for inference" in warned[3] and "--http-port 0" in warned[3]
+    assert "metrics served over plain HTTP on 0.0.0.0:8502" in warned[4]
+    assert not [
+        w for w in exposure_warnings(dataclasses.replace(everything_open, http_port=0)) if "8501" in w
+    ]
     secured = Config(
         host="0.0.0.0",
         tls_cert="c",
