@@ -2,7 +2,7 @@
 
 ``fuzz_one(data)`` writes ``data`` as a file under a private data root and
 opens it as a tile reference twice, as ``input.tif`` (formats recognised by
-their first bytes: TIFF, BigTIFF, OME-TIFF, PNG, JPEG) and as ``input.svs``
+their first bytes: TIFF, BigTIFF, OME-TIFF, PNG, JPEG, DICOM) and as ``input.svs``
 (OpenSlide), through a fresh ``TileOpener`` with a small cache; then reads
 the low view and a few patches, as a request would. A ``ServiceError`` with
 a documented status is a refusal and passes silently; any other exception,
@@ -34,6 +34,7 @@ from service.errors import Code, ServiceError
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
+from tests.service.dicom_slides import level_dataset
 
 # The statuses a tile reference may be refused with (service/README.md, service/tiles/README.md).
 DOCUMENTED = {
@@ -186,6 +187,16 @@ def _jpeg_frames_claiming(data: bytes, side: int) -> bytes:
     return bytes(forged)
 
 
+def _dicom(pixels: np.ndarray, jpeg: bool) -> bytes:
+    """One DICOM whole-slide level (read as a pyramid of one), raw or JPEG frames of 16 x 16."""
+    buffer = io.BytesIO()
+    uids = ("1.2.3.1", "1.2.3.2", "1.2.3.3")  # fixed: the seed's bytes stay the same from run to run
+    dataset = level_dataset(pixels, 16, 0.5, uids, 0, jpeg)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def seeds() -> dict[str, bytes]:
     """Small valid and near-valid files of every format the tile path reads, by name."""
     rng = np.random.default_rng(0)
@@ -208,4 +219,6 @@ def seeds() -> dict[str, bytes]:
         "jpeg_tiles_claiming_65000.tif": _jpeg_frames_claiming(rgb_jpeg, 65000),
         "page_chain_loop.tif": _first_page_pointing_at_itself(tiled),
         "subifd_cycle.tif": _with_tag(tiled, 330, struct.unpack_from("<I", tiled, 4)[0]),
+        "level_raw.dcm": _dicom(rgb, jpeg=False),
+        "level_jpeg.dcm": _dicom(rgb, jpeg=True),
     }

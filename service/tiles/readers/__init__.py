@@ -48,6 +48,8 @@ def open_reader(
         )
     head = pread_exact(file, min(132, file.size), 0)  # DICOM's magic follows a 128-byte preamble
     recorder.record(bytes_read=len(head))
+    if is_dicom(head):  # whatever its name: OpenSlide's own DICOM reader looks for siblings by name
+        return DicomReader(file, cache, recorder)
     if name.endswith(SLIDE_EXTENSIONS):
         if head.startswith(_TIFF_MAGIC):
             check_segments(file, recorder)  # OpenSlide aborts the process on sizes tifffile can refuse first
@@ -56,6 +58,4 @@ def open_reader(
         return TiffReader(file, cache, recorder)
     if head.startswith(_PLAIN_MAGIC):
         return PlainReader(file, cache, recorder, limits.max_image_pixels, limits.max_image_bytes)
-    if is_dicom(head):
-        return DicomReader(file, cache, recorder)
     raise InvalidInput(f"not a readable image: tile references accept {', '.join(FORMATS)}", field=FIELD)

@@ -89,6 +89,21 @@ _PARSE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def _errors_of(module: Any) -> tuple[type[Exception], ...]:
+    """The exception classes a library defines for what it cannot read."""
+    return tuple(
+        kind for kind in vars(module).values() if isinstance(kind, type) and issubclass(kind, Exception)
+    )
+
+
+def _dicom_errors() -> tuple[type[Exception], ...]:
+    """What pydicom and wsidicom raise on a malformed file (imported on first use)."""
+    import pydicom.errors
+    import wsidicom.errors  # type: ignore[import-untyped]
+
+    return (*_PARSE_ERRORS, *_errors_of(pydicom.errors), *_errors_of(wsidicom.errors))
+
+
 def is_dicom(head: bytes) -> bool:
     """Whether a file's first bytes are a DICOM file's: 'DICM' after the 128-byte preamble."""
     return head[128:132] == b"DICM"
@@ -121,11 +136,7 @@ def _header(file: ConfinedFile) -> tuple[Any, int]:
     import pydicom
 
     stream = _Stream(file.fd, file.size, None)
-    with unreadable_is_invalid(
-        "not a readable DICOM file", (pydicom.errors.InvalidDicomError, *_PARSE_ERRORS)
-    ):
-        dataset = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        dataset.file_meta.TransferSyntaxUID  # noqa: B018  (missing: refused here)
+    dataset = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     return dataset, stream.tell()
 
 
@@ -153,6 +164,12 @@ def _refuse(problem: str) -> InvalidInput:
 def _check_level(file: ConfinedFile) -> _Level | None:
     """The level ``file`` holds, checked; None for an instance that is not a
     whole-slide pyramid level (label, overview, thumbnail, annotations)."""
+    # pydicom parses an element's value when it is first asked for: every access is guarded
+    with unreadable_is_invalid("not a readable DICOM file", _dicom_errors()):
+        return _checked_level(file)
+
+
+def _checked_level(file: ConfinedFile) -> _Level | None:
     dataset, pixels_at = _header(file)
     if str(dataset.file_meta.get("MediaStorageSOPClassUID", "")) != _WSI_CLASS:
         return None
@@ -320,23 +337,15 @@ class DicomReader(Reader):
     format_name = "DICOM"
 
     def __init__(self, file: ConfinedFile, cache: TileCache, recorder: Recorder) -> None:
-        import pydicom  # imported on first use, as OpenSlide is: the server starts without them
+        # imported on first use, as OpenSlide is (the server starts without them), and
+        # before the bytes this thread reads are metered
         import wsidicom  # type: ignore[import-untyped]
         from upath import UPath
         from wsidicom.config import Settings, use_settings  # type: ignore[import-untyped]
         from wsidicom.file import WsiDicomFileSource  # type: ignore[import-untyped]
         from wsidicom.file.io.wsidicom_io import WsiDicomReadIO  # type: ignore[import-untyped]
 
-        self._errors: tuple[type[Exception], ...] = (
-            pydicom.errors.InvalidDicomError,
-            *_PARSE_ERRORS,
-            # wsidicom's own errors (a level without pixel spacing, frames missing, ...)
-            *(
-                kind
-                for kind in vars(wsidicom.errors).values()
-                if isinstance(kind, type) and issubclass(kind, Exception)
-            ),
-        )
+        self._errors = _dicom_errors()
         # frames are cached decoded in the shared tile cache, not twice more inside wsidicom
         settings = Settings(decoded_frame_cache_size=0, encoded_frame_cache_size=0)
         with ThreadReadMeter() as meter:
