@@ -339,7 +339,7 @@ class DicomReader(Reader):
     def __init__(self, file: ConfinedFile, cache: TileCache, recorder: Recorder) -> None:
         # imported on first use, as OpenSlide is (the server starts without them), and
         # before the bytes this thread reads are metered
-        import wsidicom  # type: ignore[import-untyped]
+        import wsidicom
         from upath import UPath
         from wsidicom.config import Settings, use_settings  # type: ignore[import-untyped]
         from wsidicom.file import WsiDicomFileSource  # type: ignore[import-untyped]
