@@ -1,6 +1,7 @@
 """``ats-client``: predict on an image, list the models, check health.
 
 ats-client predict IMAGE [--server HOST:PORT] [--model NAME] [--overlay out.png] [--json]
+ats-client predict --tile SLIDE [--n-regions K] [--tissue-mask otsu] [--overlay out.png]
 ats-client models [--server HOST:PORT] [--json]
 ats-client health [--server HOST:PORT] [--service NAME]   (exit 0 only when SERVING)
 
@@ -24,7 +25,7 @@ from google.protobuf import json_format
 from PIL import Image
 
 from ats_client.client import AtsClient, AtsError
-from ats_client.overlay import write_overlay
+from ats_client.overlay import write_overlay, write_slide_overlay
 
 if TYPE_CHECKING:
     from ats_api.v1 import attention_sampling_pb2 as pb
@@ -62,7 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--n-patches", type=int, default=0, help="patches (default: the model's)")
     predict.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
     predict.add_argument("--mode", choices=("sample", "top_k"), default="sample")
-    predict.add_argument("--overlay", help="write the attention heat map and patch boxes to this PNG")
+    predict.add_argument(
+        "--n-regions", type=int, default=0, help="two-level models: regions (default: the model's)"
+    )
+    predict.add_argument(
+        "--tissue-mask",
+        choices=("off", "otsu"),
+        default="off",
+        help="two-level models: zero attention on background (glass) of the coarse view",
+    )
+    predict.add_argument(
+        "--overlay",
+        help="write the attention heat map and patch boxes to this PNG (with --tile: on the "
+        "coarse view a two-level model's server returns, with the region boxes)",
+    )
     predict.add_argument("--json", action="store_true", help="print the full response as JSON")
     models = commands.add_parser("models", parents=[common], help="list models and versions")
     models.add_argument("--json", action="store_true")
@@ -79,8 +93,16 @@ def _print_prediction(response: pb.PredictResponse) -> None:
     for p in sorted(response.probabilities, key=lambda p: -p.probability):
         print(f"  {p.name:>12s}  {p.probability:.4f}")
     print(f"patches (x, y, width, height, attention) of {response.image_width}x{response.image_height}:")
+    for region_index, region in enumerate(response.two_level.regions):
+        print(
+            f"region {region_index} (x, y, width, height, attention): {region.x:6d} {region.y:6d} "
+            f"{region.width:4d} {region.height:4d}  {region.probability:.4f}"
+        )
     for patch in response.patches:
-        print(f"  {patch.x:6d} {patch.y:6d} {patch.width:4d} {patch.height:4d}  {patch.probability:.4f}")
+        region = f"  region {patch.region}" if patch.HasField("region") else ""
+        print(
+            f"  {patch.x:6d} {patch.y:6d} {patch.width:4d} {patch.height:4d}  {patch.probability:.4f}{region}"
+        )
     print("timings: " + ", ".join(f"{t.stage} {t.seconds * 1000:.1f} ms" for t in response.timings))
 
 
@@ -92,13 +114,23 @@ def _predict(client: AtsClient, args: argparse.Namespace) -> int:
         "seed": args.seed,
         "mode": args.mode,
         "attention_map": True,
+        "n_regions": args.n_regions,
+        "tissue_mask": args.tissue_mask,
     }
     if args.tile:
-        response = client.predict_tile(args.image, level=args.level, **options)
+        response = client.predict_tile(
+            args.image, level=args.level, coarse_view=bool(args.overlay), **options
+        )
     else:
         response = client.predict(args.image, **options)
-    if args.overlay and args.tile:
-        print("--overlay needs the pixels: not drawn for a tile reference", file=sys.stderr)
+    if args.overlay and args.tile and not response.two_level.coarse_view.shape:
+        print(
+            "--overlay on a tile reference needs a two-level model (it returns the coarse view): not drawn",
+            file=sys.stderr,
+        )
+        args.overlay = None
+    elif args.overlay and args.tile:
+        write_slide_overlay(response, args.overlay)
     elif args.overlay:
         with Image.open(args.image) as image:
             write_overlay(np.asarray(image.convert("RGB")), response, args.overlay)

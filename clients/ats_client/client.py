@@ -173,11 +173,19 @@ class AtsClient:
         mode: str = "sample",
         attention_map: bool = True,
         patch_crops: bool = False,
+        n_regions: int = 0,
+        tissue_mask: str = "off",
+        coarse_view: bool = False,
         timeout: float | None = None,
     ) -> pb.PredictResponse:
         """Classify ``image``: a file path, encoded bytes (PNG, JPEG, TIFF, WebP),
-        or an (H, W[, C]) uint8 array. Raises ``AtsError``."""
+        or an (H, W[, C]) uint8 array. Raises ``AtsError``.
+
+        Two-level models also take ``n_regions`` (0: the model's default;
+        ``n_patches`` is then per region), ``tissue_mask`` ("off" or "otsu")
+        and ``coarse_view`` (return the view the regions were drawn from)."""
         request = self._request(model, version, n_patches, seed, mode, attention_map, patch_crops)
+        _two_level_options(request, n_regions, tissue_mask, coarse_view)
         if isinstance(image, np.ndarray):
             request.tensor.CopyFrom(tensor_message(image))
             size = image.nbytes
@@ -201,10 +209,15 @@ class AtsClient:
         mode: str = "sample",
         attention_map: bool = True,
         patch_crops: bool = False,
+        n_regions: int = 0,
+        tissue_mask: str = "off",
+        coarse_view: bool = False,
         timeout: float | None = None,
     ) -> pb.PredictResponse:
-        """Classify an image stored on the server, relative to its --data-root."""
+        """Classify an image stored on the server, relative to its --data-root
+        (options as for :meth:`predict`)."""
         request = self._request(model, version, n_patches, seed, mode, attention_map, patch_crops)
+        _two_level_options(request, n_regions, tissue_mask, coarse_view)
         request.tile.path = path
         if level is not None:
             request.tile.level = level
@@ -296,3 +309,12 @@ class AtsClient:
                     raise AtsError.from_rpc_error(error) from None
             time.sleep(self.backoff * 2**attempt * random.uniform(0.5, 1.5))
             attempt += 1
+
+
+def _two_level_options(
+    request: pb.PredictRequest, n_regions: int, tissue_mask: str, coarse_view: bool
+) -> None:
+    """Set the options only two-level models read (one-level models ignore them)."""
+    request.n_regions = n_regions
+    request.tissue_mask = pb.TissueMask.Value(f"TISSUE_MASK_{tissue_mask.upper()}")
+    request.output.include_coarse_view = coarse_view

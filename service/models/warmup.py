@@ -1,6 +1,8 @@
 """Warm-up: one full prediction on a synthetic image before a version is
 marked ready, so the first real request does not pay for tracing and
-allocation (and a version that cannot predict never serves).
+allocation (and a version that cannot predict never serves). A two-level
+model's prediction runs through the same entry point, on an image of a few
+regions.
 
 The attention network also runs once on the largest low view the server
 admits: TensorFlow's oneDNN allocator keeps its high-water mark pooled for
@@ -9,6 +11,7 @@ the first large image (memory limits are sized from the idle footprint)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -30,6 +33,8 @@ def warmup_shape(servable: ServableModel) -> tuple[int, int, int]:
         height, width = (math.ceil(s / spec.low_scale) for s in spec.low_size)
     else:
         side = max(4 * max(spec.patch_size), math.ceil((spec.receptive_field + 16) / spec.low_scale))
+        if spec.two_level is not None:  # room for two regions across
+            side = max(side, 2 * max(spec.two_level.region_size))
         height = width = side
     return height, width, spec.channels
 
@@ -41,20 +46,40 @@ def largest_view(servable: ServableModel, max_image_pixels: int) -> tuple[int, i
     return servable.spec.low_shape(side, side)
 
 
+def _options(servable: ServableModel, other_counts: bool) -> runner.PredictOptions:
+    """Seed 0; with ``other_counts``, a two-level model draws numbers of regions and
+    patches other than its defaults (fewer where possible), so that its traced
+    sampling and aggregation generalise over them as well."""
+    spec = servable.spec
+    if spec.two_level is None or not other_counts:
+        return runner.PredictOptions(seed=0)
+
+    def other(n: int, maximum: int) -> int:
+        return n - 1 if n > 1 else min(n + 1, maximum)
+
+    return runner.PredictOptions(
+        seed=0,
+        n_regions=other(spec.two_level.n_regions, spec.two_level.max_regions),
+        n_patches=other(spec.n_patches, spec.max_patches),
+    )
+
+
 def warm_up(servable: ServableModel, max_image_pixels: int = 0) -> None:
     """Predict in both modes at two image sizes: the second size lets traced
     functions generalise to any size before the first real request. With
     ``max_image_pixels``, run the attention network on the largest view too."""
     height, width, channels = warmup_shape(servable)
     rng = np.random.default_rng(0)
-    for shape in ((height, width, channels), (height * 3 // 2, width * 5 // 4, channels)):
+    for size, shape in enumerate(((height, width, channels), (height * 3 // 2, width * 5 // 4, channels))):
+        options = _options(servable, other_counts=bool(size))
         pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
         payload = RawTensor(shape=shape, dtype="uint8", data=pixels.tobytes())
         sources = SourceRegistry(
             SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
         )
         for mode in MODES:
-            runner.run(servable, payload, runner.PredictOptions(seed=0, mode=mode), sources)
+            runner.run(servable, payload, dataclasses.replace(options, mode=mode), sources)
     if max_image_pixels and servable.spec.low_size is None:
         height, width = largest_view(servable, max_image_pixels)
-        servable.attention(tf.zeros((1, height, width, channels), tf.uint8))
+        attention = servable.attention if servable.spec.two_level is None else servable.coarse_attention
+        attention(tf.zeros((1, height, width, channels), tf.uint8))

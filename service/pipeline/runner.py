@@ -35,6 +35,10 @@ class PredictOptions:
     seed: int | None = None  # None: drawn per request (and reported)
     mode: Mode = "sample"
     include_crops: bool = False
+    # two-level models only (service/pipeline/two_level.py)
+    n_regions: int = 0  # 0: the model's default
+    tissue_mask: str = "off"  # "off" or "otsu": zero coarse attention on background cells
+    include_coarse_view: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +97,11 @@ def run(
     stages = _Stages(is_active)
     with stages.stage("decode"):
         source = sources.open(payload, spec.channels)
-    if isinstance(source, InMemorySource):
+    if spec.two_level is not None:
+        from service.pipeline import two_level  # it builds on this module's records
+
+        prediction: Prediction = two_level.run(model, source, options, n_patches, seed, stages)
+    elif isinstance(source, InMemorySource):
         prediction = _run_fused(model, source, options, n_patches, seed, stages, batcher)
     else:
         prediction = _run_staged(model, source, options, n_patches, seed, stages)

@@ -48,6 +48,16 @@ class ImageSource(abc.ABC):
         """uint8 (1, N, ph, pw, C) patches at int32 top-left ``offsets`` (1, N, 2);
         pixels outside the image are zeros."""
 
+    def region_views(
+        self, offsets: np.ndarray, region_size: tuple[int, int], view_size: tuple[int, int]
+    ) -> tf.Tensor:
+        """uint8 (K, vh, vw, C) views of the regions of ``region_size`` at level-0
+        ``offsets`` (K, 2), each area-resampled to ``view_size`` (a two-level model's
+        fine views). This cuts them at full resolution, as training does; a pyramid
+        reads them from a coarser level instead."""
+        regions = self.patches(tf.constant(np.asarray(offsets, np.int32)[np.newaxis]), region_size)
+        return low_resolution_view(regions[0], view_size)
+
 
 # TensorFlow's kernels need tensor buffers aligned to this many bytes.
 _ALIGNMENT = 64

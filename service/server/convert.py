@@ -8,12 +8,14 @@ import numpy as np
 from google.protobuf.message import Message
 
 from ats_api.v1 import attention_sampling_pb2 as pb
+from model_ops.export import TwoLevelSpec
 from model_ops.sampling import Mode
 from service.dataplane import InputSupport, PredictCall, Served
 from service.errors import InvalidInput
 from service.models.repository import VersionEntry
 from service.pipeline.payload import EncodedImage, Payload, RawTensor, TileRef
 from service.pipeline.runner import PredictOptions
+from service.pipeline.two_level import TwoLevelPrediction
 from service.uploads import Upload
 
 _STATES = {
@@ -82,6 +84,7 @@ def stream_source(header: pb.PredictRequest) -> Callable[[bytes], Payload]:
 
 
 _MODES: dict[int, Mode] = {pb.SAMPLE: "sample", pb.TOP_K: "top_k"}
+_TISSUE_MASKS = {pb.TISSUE_MASK_OFF: "off", pb.TISSUE_MASK_OTSU: "otsu"}
 
 
 def options(request: pb.PredictRequest) -> PredictOptions:
@@ -93,11 +96,22 @@ def options(request: pb.PredictRequest) -> PredictOptions:
     mode = _MODES.get(request.mode)
     if mode is None:  # proto3 enums are open: a newer client may send a value this server lacks
         raise InvalidInput(f"unknown sampling mode {request.mode}", field="mode")
+    if request.n_regions < 0:
+        raise InvalidInput(
+            f"n_regions must be positive (0 for the model default), got {request.n_regions}",
+            field="n_regions",
+        )
+    tissue_mask = _TISSUE_MASKS.get(request.tissue_mask)
+    if tissue_mask is None:
+        raise InvalidInput(f"unknown tissue mask {request.tissue_mask}", field="tissue_mask")
     return PredictOptions(
         n_patches=request.n_patches,
         seed=request.seed if request.HasField("seed") else None,
         mode=mode,
         include_crops=request.output.include_patch_crops,
+        n_regions=request.n_regions,
+        tissue_mask=tissue_mask,
+        include_coarse_view=request.output.include_coarse_view,
     )
 
 
@@ -106,21 +120,65 @@ def predict_call(request: pb.PredictRequest, payload: Callable[[Upload], Awaitab
     return PredictCall(request.model_name, request.model_version, options(request), payload)
 
 
+def _attention_map(
+    values: np.ndarray, step: tuple[float, float], origin: tuple[float, float], include_values: bool
+) -> pb.AttentionMap:
+    """A map ``values`` (h, w): cell (0, 0) starts at full-resolution ``origin``, cells ``step`` apart."""
+    message = pb.AttentionMap(
+        height=values.shape[0],
+        width=values.shape[1],
+        cell_height=step[0],
+        cell_width=step[1],
+        offset_y=origin[0],
+        offset_x=origin[1],
+    )
+    if include_values:
+        _set_packed_floats(message, "values", values)
+    return message
+
+
+def _uint8_tensor(pixels: np.ndarray) -> pb.Tensor:
+    return pb.Tensor(shape=pixels.shape, dtype=pb.UINT8, data=pixels.tobytes())
+
+
+def _two_level(prediction: TwoLevelPrediction, output: pb.OutputOptions) -> pb.TwoLevelResult:
+    """Each region's box and fine map (cells in full-resolution pixels); the coarse view if asked."""
+    regions = prediction.regions
+    height, width = regions.size
+    message = pb.TwoLevelResult(tissue_cells=prediction.tissue_cells)
+    for (y, x), (cy, cx), p, fine in zip(
+        regions.offsets.tolist(),
+        regions.cells.tolist(),
+        regions.probabilities.tolist(),
+        regions.fine_attention,
+        strict=True,
+    ):
+        origin = (y + regions.fine_cell_origin[0], x + regions.fine_cell_origin[1])
+        message.regions.append(
+            pb.Region(
+                x=x,
+                y=y,
+                width=width,
+                height=height,
+                probability=p,
+                cell_y=cy,
+                cell_x=cx,
+                attention=_attention_map(fine, regions.fine_cell_step, origin, output.include_attention_map),
+            )
+        )
+    if prediction.coarse_view is not None:
+        message.coarse_view.CopyFrom(_uint8_tensor(prediction.coarse_view))
+    return message
+
+
 def response(served: Served, output: pb.OutputOptions) -> pb.PredictResponse:
     spec, prediction = served.model.spec, served.prediction
     probabilities = prediction.probabilities
     best = int(probabilities.argmax())
     height, width, channels = prediction.image_shape
-    attention = pb.AttentionMap(
-        height=prediction.attention.shape[0],
-        width=prediction.attention.shape[1],
-        cell_height=prediction.cell_step[0],
-        cell_width=prediction.cell_step[1],
-        offset_y=prediction.cell_origin[0],
-        offset_x=prediction.cell_origin[1],
+    attention = _attention_map(
+        prediction.attention, prediction.cell_step, prediction.cell_origin, output.include_attention_map
     )
-    if output.include_attention_map:
-        _set_packed_floats(attention, "values", prediction.attention)
     ph, pw = spec.patch_size
     patches = []
     for i, ((y, x), (cy, cx), p) in enumerate(
@@ -133,10 +191,11 @@ def response(served: Served, output: pb.OutputOptions) -> pb.PredictResponse:
     ):
         patch = pb.Patch(x=x, y=y, width=pw, height=ph, probability=p, cell_y=cy, cell_x=cx)
         if prediction.crops is not None:
-            crop = prediction.crops[i]
-            patch.crop.CopyFrom(pb.Tensor(shape=crop.shape, dtype=pb.UINT8, data=crop.tobytes()))
+            patch.crop.CopyFrom(_uint8_tensor(prediction.crops[i]))
+        if isinstance(prediction, TwoLevelPrediction):
+            patch.region = int(prediction.patch_regions[i])
         patches.append(patch)
-    return pb.PredictResponse(
+    message = pb.PredictResponse(
         model_name=served.model.name,
         model_version=served.model.version,
         label=spec.classes[best],
@@ -153,6 +212,9 @@ def response(served: Served, output: pb.OutputOptions) -> pb.PredictResponse:
         image_width=width,
         image_channels=channels,
     )
+    if isinstance(prediction, TwoLevelPrediction):
+        message.two_level.CopyFrom(_two_level(prediction, output))
+    return message
 
 
 def input_support(support: InputSupport, max_message_bytes: int) -> pb.InputSupport:
@@ -192,4 +254,18 @@ def metadata(name: str, versions: list[VersionEntry], support: pb.InputSupport) 
         message.n_patches, message.max_patches = spec.n_patches, spec.max_patches
         message.replace, message.channels = spec.replace, spec.channels
         message.receptive_field = spec.receptive_field
+        if spec.two_level is not None:
+            message.two_level.CopyFrom(_geometry(spec.two_level))
     return message
+
+
+def _geometry(two_level: TwoLevelSpec) -> pb.TwoLevelGeometry:
+    return pb.TwoLevelGeometry(
+        region_size=two_level.region_size,
+        fine_scale=two_level.fine_scale,
+        fine_view_size=two_level.fine_view_shape(),
+        n_regions=two_level.n_regions,
+        max_regions=two_level.max_regions,
+        replace_regions=two_level.replace_regions,
+        fine_receptive_field=two_level.fine_receptive_field,
+    )

@@ -1,9 +1,11 @@
 """The pipeline's ``ImageSource`` over a tiled reader: the low-resolution view
-from the pyramid, patches as full-resolution regions."""
+from the pyramid, patches as full-resolution regions, and a two-level model's
+region views from the level nearest their scale."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -108,6 +110,48 @@ class TileSource(ImageSource):
         with self._traced_read(level, regions=1):
             pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
         return low_resolution_view(shared_tensor(pixels), size)
+
+    def level_for_scale(self, scale: tuple[float, float]) -> int:
+        """The level views at ``scale`` (of level 0, per axis) are made from: by pixel size
+        where the file states it, else by level size; never coarser than the scale."""
+        if self._reader.base_mpp is not None:
+            mpp_x, mpp_y = self._reader.base_mpp
+            level = self._reader.level_for_mpp(min(mpp_x / scale[1], mpp_y / scale[0]))
+            if level is not None:
+                return level
+        height, width = self._reader.level_shapes[0]
+        return choose_level(
+            self._reader.level_shapes, (math.ceil(height * scale[0]), math.ceil(width * scale[1]))
+        )
+
+    def region_views(
+        self, offsets: np.ndarray, region_size: tuple[int, int], view_size: tuple[int, int]
+    ) -> tf.Tensor:
+        """Each region's box read from the level nearest the views' scale, resampled
+        to ``view_size``: exactly the level-0 cut's view from level 0, within a level
+        pixel of it from a coarser one (the box is rounded to the level's grid)."""
+        scale = (view_size[0] / region_size[0], view_size[1] / region_size[1])
+        level = self.level_for_scale(scale)
+        (height, width), (level_height, level_width) = (
+            self._reader.level_shapes[0],
+            self._reader.level_shapes[level],
+        )
+        fy, fx = level_height / height, level_width / width
+        box = (max(1, round(region_size[0] * fy)), max(1, round(region_size[1] * fx)))
+        native = self._reader.native_channels
+        budget.before_decode(
+            len(offsets) * box[0] * box[1], native + 2 * self._channels, f"{self.format_name} regions"
+        )
+        with self._traced_read(level, regions=len(offsets)):
+            boxes = np.stack(
+                [
+                    self._reader.read(
+                        level, round(y * fy), round(x * fx), *box, self._channels, self._recorder
+                    )
+                    for y, x in np.asarray(offsets).tolist()
+                ]
+            )
+        return low_resolution_view(boxes, view_size)
 
     def patches(self, offsets: tf.Tensor, patch_size: tuple[int, int]) -> tf.Tensor:
         height, width = patch_size
