@@ -187,11 +187,11 @@ def _jpeg_frames_claiming(data: bytes, side: int) -> bytes:
     return bytes(forged)
 
 
-def _dicom(pixels: np.ndarray, jpeg: bool) -> bytes:
-    """One DICOM whole-slide level (read as a pyramid of one), raw or JPEG frames of 16 x 16."""
+def _dicom(pixels: np.ndarray, codec: str) -> bytes:
+    """One DICOM whole-slide level (read as a pyramid of one), frames of 16 x 16 in ``codec``."""
     buffer = io.BytesIO()
     uids = ("1.2.3.1", "1.2.3.2", "1.2.3.3")  # fixed: the seed's bytes stay the same from run to run
-    dataset = level_dataset(pixels, 16, 0.5, uids, 0, jpeg)
+    dataset = level_dataset(pixels, 16, 0.5, uids, 0, codec)
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -219,6 +219,7 @@ def seeds() -> dict[str, bytes]:
         "jpeg_tiles_claiming_65000.tif": _jpeg_frames_claiming(rgb_jpeg, 65000),
         "page_chain_loop.tif": _first_page_pointing_at_itself(tiled),
         "subifd_cycle.tif": _with_tag(tiled, 330, struct.unpack_from("<I", tiled, 4)[0]),
-        "level_raw.dcm": _dicom(rgb, jpeg=False),
-        "level_jpeg.dcm": _dicom(rgb, jpeg=True),
+        "level_raw.dcm": _dicom(rgb, "raw"),
+        "level_jpeg.dcm": _dicom(rgb, "jpeg"),
+        "level_jpeg2000.dcm": _dicom(rgb, "jpeg2000"),
     }

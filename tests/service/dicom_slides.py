@@ -1,12 +1,13 @@
 """Real DICOM whole-slide images for the tests: VL Whole Slide Microscopy
 instances (TILED_FULL, one file per level) written with pydicom from a
-pyramid of pixels, with raw or JPEG frames."""
+pyramid of pixels, with raw, JPEG or lossless JPEG 2000 frames."""
 
 from __future__ import annotations
 
 import io
 import pathlib
 
+import imagecodecs
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -14,10 +15,14 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     VLWholeSlideMicroscopyImageStorage,
     generate_uid,
 )
+
+SYNTAXES = {"raw": ExplicitVRLittleEndian, "jpeg": JPEGBaseline8Bit, "jpeg2000": JPEG2000Lossless}
+COLOUR = {"raw": "RGB", "jpeg": "YBR_FULL_422", "jpeg2000": "YBR_RCT"}  # photometric of colour frames
 
 
 def pyramid(pixels: np.ndarray, levels: int) -> list[np.ndarray]:
@@ -44,13 +49,13 @@ def frames_of(pixels: np.ndarray, tile: int) -> list[np.ndarray]:
 
 
 def level_dataset(
-    pixels: np.ndarray, tile: int, mpp: float | None, series: tuple[str, str, str], index: int, jpeg: bool
+    pixels: np.ndarray, tile: int, mpp: float | None, series: tuple[str, str, str], index: int, codec: str
 ) -> Dataset:
     """One level as a VL Whole Slide Microscopy Image dataset with its pixel data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = SYNTAXES[codec]
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = VLWholeSlideMicroscopyImageStorage
@@ -68,7 +73,7 @@ def level_dataset(
     frames = frames_of(pixels, tile)
     ds.NumberOfFrames = len(frames)
     ds.SamplesPerPixel = channels
-    ds.PhotometricInterpretation = "MONOCHROME2" if channels == 1 else "YBR_FULL_422" if jpeg else "RGB"
+    ds.PhotometricInterpretation = "MONOCHROME2" if channels == 1 else COLOUR[codec]
     if channels == 3:
         ds.PlanarConfiguration = 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -92,19 +97,23 @@ def level_dataset(
     path = Dataset()
     path.OpticalPathIdentifier = "0"
     ds.OpticalPathSequence = Sequence([path])
-    if jpeg:
-        encoded = []
-        for frame in frames:
-            buffer = io.BytesIO()
-            Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame).save(buffer, "JPEG", quality=95)
-            encoded.append(buffer.getvalue())
-        ds.PixelData = encapsulate(encoded, has_bot=True)
-        ds["PixelData"].VR = "OB"
-        ds.LossyImageCompression = "01"
-    else:
+    if codec == "raw":
         ds.PixelData = b"".join(frame.tobytes() for frame in frames)
-        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = encapsulate([encode(frame, codec) for frame in frames], has_bot=True)
+        ds.LossyImageCompression = "01" if codec == "jpeg" else "00"
+    ds["PixelData"].VR = "OB"
     return ds
+
+
+def encode(frame: np.ndarray, codec: str) -> bytes:
+    """A frame as a JPEG (quality 95) or a lossless JPEG 2000 codestream."""
+    plane = frame[..., 0] if frame.shape[-1] == 1 else frame
+    if codec == "jpeg2000":
+        return bytes(imagecodecs.jpeg2k_encode(plane, level=0, codecformat="J2K"))
+    buffer = io.BytesIO()
+    Image.fromarray(plane).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def write_series(
@@ -113,17 +122,18 @@ def write_series(
     levels: int = 3,
     tile: int = 64,
     mpp: float | None = 0.25,
-    jpeg: bool = False,
+    codec: str = "raw",
 ) -> list[np.ndarray]:
     """Write a slide of ``levels`` levels into ``directory`` (``level0.dcm``, ...);
     returns the pixels of each level. Level ``i`` is ``mpp * 2**i`` micrometres
-    per pixel (no pixel spacing at all with ``mpp=None``)."""
+    per pixel (no pixel spacing at all with ``mpp=None``); frames are ``codec``
+    ("raw", "jpeg" or "jpeg2000")."""
     directory.mkdir(parents=True, exist_ok=True)
     series = (generate_uid(), generate_uid(), generate_uid())
     made = pyramid(pixels, levels)
     for index, level in enumerate(made):
         scale = None if mpp is None else mpp * 2**index
-        level_dataset(level, tile, scale, series, index, jpeg).save_as(
+        level_dataset(level, tile, scale, series, index, codec).save_as(
             directory / f"level{index}.dcm", enforce_file_format=True
         )
     return made

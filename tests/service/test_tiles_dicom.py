@@ -50,7 +50,10 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict
     made = {
         "raw": write_series(root / "raw", rng.integers(0, 256, (300, 420, 3), np.uint8), levels=3, tile=64),
         "gray": write_series(root / "gray", rng.integers(0, 256, (130, 97, 1), np.uint8), levels=2, tile=48),
-        "jpeg": write_series(root / "jpeg", smooth(260, 330), levels=2, tile=64, jpeg=True),
+        "jpeg": write_series(root / "jpeg", smooth(260, 330), levels=2, tile=64, codec="jpeg"),
+        "jpeg2000": write_series(
+            root / "jpeg2000", rng.integers(0, 256, (100, 150, 3), np.uint8), tile=32, codec="jpeg2000"
+        ),
         "nompp": write_series(
             root / "nompp", rng.integers(0, 256, (80, 80, 3), np.uint8), levels=2, mpp=None
         ),
@@ -70,7 +73,7 @@ def region(pixels: np.ndarray, top: int, left: int, height: int, width: int) -> 
 REGIONS = [(0, 0, 40, 50), (-7, 13, 90, 130), (60, 100, 64, 64), (250, 380, 80, 80), (1000, 1000, 8, 8)]
 
 
-@pytest.mark.parametrize("name", ["raw", "gray", "jpeg"])
+@pytest.mark.parametrize("name", ["raw", "gray", "jpeg", "jpeg2000"])
 def test_series_levels_read_as_written(slides, name: str) -> None:
     root, made = slides
     opener = TileOpener(str(root), 1 << 24)
