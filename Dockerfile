@@ -82,12 +82,15 @@ COPY models/ /opt/ats/models/
 ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
     ATS_HOST=0.0.0.0 \
     ATS_PORT=8500 \
+    ATS_HTTP_PORT=8501 \
     ATS_METRICS_PORT=8502 \
     ATS_HEALTH_PORT=8503 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/ats
 USER 10001:10001
-EXPOSE 8500 8502 8503
+# gRPC (ats.v1, Open Inference Protocol, TF Serving), the Open Inference
+# Protocol over HTTP/REST (same TLS and tokens), metrics, health.
+EXPOSE 8500 8501 8502 8503
 # Shell form on purpose: a port set with -e ATS_HEALTH_PORT=... is the one checked.
 # hadolint ignore=DL3025
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

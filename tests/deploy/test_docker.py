@@ -365,9 +365,10 @@ def test_runtime_stage_runs_the_server_as_configured():
         "a bare server binds loopback; the container binds every interface, or no published port reaches it"
     )
     ports = {int(p) for i in runtime.all("EXPOSE") for p in i.args.split()}
-    served = {int(env[name]) for name in ("ATS_PORT", "ATS_METRICS_PORT", "ATS_HEALTH_PORT")}
-    assert ports == served == {8500, 8502, 8503}
+    served = {int(env[name]) for name in ("ATS_PORT", "ATS_HTTP_PORT", "ATS_METRICS_PORT", "ATS_HEALTH_PORT")}
+    assert ports == served == {8500, 8501, 8502, 8503}
     assert int(env["ATS_PORT"]) == Config.port and int(env["ATS_METRICS_PORT"]) == Config.metrics_port
+    assert int(env["ATS_HTTP_PORT"]) == Config.http_port, "the OIP HTTP/REST port, TF Serving's REST port"
     assert Config.health_port == 0, "the health-only port is the image's choice, off for a bare server"
     entrypoint = runtime.all("ENTRYPOINT")[-1].json_args()
     assert entrypoint == ["ats-serve"] and entrypoint[0] in console_scripts()

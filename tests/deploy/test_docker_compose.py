@@ -15,6 +15,7 @@ import urllib.parse
 import yaml
 
 from service.config import AuthGroup, Config, env_name, load_config
+from service.server.app import exposure_warnings
 from service.server.files import exposure
 from tests.deploy.test_docker import ROOT, root_image, stage
 from tests.security.support import Pki, compose_scrape_job, dev_certs
@@ -167,6 +168,21 @@ def test_the_stack_runs_with_tls_tokens_and_https_metrics():
     assert config.restricted_groups() == {AuthGroup.INFERENCE, AuthGroup.METADATA}
     assert config.health_port == 0 and int(stage("runtime").env()["ATS_HEALTH_PORT"]) > 0, (
         "the image's health port answers its HEALTHCHECK"
+    )
+
+
+def test_the_stack_starts_without_insecure_warnings():
+    """In the container (the image binds every interface): gRPC, the HTTP/REST
+    port (on, with the gRPC port's TLS and tokens) and metrics all covered."""
+    environment = {
+        **stage("runtime").env(),
+        **{k: str(v) for k, v in service("server")["environment"].items()},
+    }
+    config, _ = load_config([], environ=environment)
+    assert config.host == "0.0.0.0" and config.http_port == 8501
+    assert exposure_warnings(config) == []
+    assert exposure_warnings(dataclasses.replace(config, tls_cert="", tls_key=""))[1].startswith(
+        "HTTP/REST (Open Inference Protocol) listens on 0.0.0.0:8501 without TLS"
     )
 
 

@@ -83,10 +83,22 @@ def test_container_ports_are_the_server_ports():
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
     assert ports == {
         "grpc": setting("port"),
+        "http": setting("http_port"),
         "metrics": setting("metrics_port"),
         "health": setting("health_port"),
     }
+    assert container_env()["ATS_HTTP_PORT"] == "8501"
     assert set(ports.values()) == {int(p) for i in stage("runtime").all("EXPOSE") for p in i.args.split()}
+
+
+def test_the_pod_starts_without_insecure_warnings():
+    """With the image's settings under the pod's: gRPC, the HTTP/REST port and
+    metrics all behind TLS (and tokens or client certificates)."""
+    from service.server.app import exposure_warnings
+
+    config = config_from({**stage("runtime").env(), **container_env()})
+    assert config.host == "0.0.0.0" and config.http_port == 8501
+    assert exposure_warnings(config) == []
 
 
 def test_container_env_names_real_settings():
@@ -161,7 +173,11 @@ def test_services_select_the_pods_and_target_named_container_ports():
             assert port["targetPort"] in port_numbers, port
             assert port["port"] == port_numbers[port["targetPort"]], port
     main = one("Service", "ats-server")
-    assert {p["name"] for p in main["spec"]["ports"]} == {"grpc", "metrics"}, "health stays in the pod"
+    assert {p["name"] for p in main["spec"]["ports"]} == {"grpc", "http", "metrics"}, (
+        "health stays in the pod"
+    )
+    (http,) = [p for p in main["spec"]["ports"] if p["name"] == "http"]
+    assert http["appProtocol"] == "https", "the HTTP/REST port speaks the gRPC port's TLS"
 
 
 def test_headless_service_publishes_only_ready_pods_for_client_side_balancing():
