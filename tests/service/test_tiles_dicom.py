@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import time
+from collections import Counter
 
 import numpy as np
 import pydicom
@@ -29,7 +30,7 @@ from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
 from service.tiles.readers.dicom import MAX_FRAMES
 from tests.service.dicom_slides import frames_of, write_series
-from tests.service.test_tiles_hostile import open_fds, wait_for_fds
+from tests.service.test_tiles_hostile import open_fds, race, swapping, wait_for_fds
 from tests.support import TINY_MODEL, free_port
 
 LIMITS = SourceLimits(max_image_pixels=10_000_000, max_image_bytes=10 << 20)
@@ -270,6 +271,47 @@ def test_a_frame_announcing_more_pixels_than_the_frame_is_refused_before_decodin
     with pytest.raises(ServiceError, match="announces") as info:
         opener(TileRef("announcing"), 3, LIMITS).patches(tf.constant([[[0, 0]]], tf.int32), (8, 8))
     assert info.value.code == Code.INVALID_ARGUMENT
+
+
+INSIDE, OUTSIDE = 17, 230  # the pixels of the series inside the root and of the one outside
+
+
+def swap_request(opener: TileOpener, path: str) -> str:
+    """'inside', 'OUTSIDE' or the status of a request for ``path`` while names are swapped."""
+    try:
+        source = opener(TileRef(path), 3, LIMITS)
+        pixels = source.patches(tf.constant([[[0, 0]]], tf.int32), (8, 8)).numpy()
+    except ServiceError as err:
+        return err.code.value
+    return "inside" if source.shape[:2] == (32, 48) and (pixels == INSIDE).all() else "OUTSIDE"
+
+
+def test_a_series_directory_swapped_with_a_link_outside_never_reads_outside(tmp_path: pathlib.Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_series(root / "d", np.full((32, 48, 3), INSIDE, np.uint8), levels=1, tile=16)
+    write_series(outside, np.full((48, 32, 3), OUTSIDE, np.uint8), levels=1, tile=16)
+    (root / "swap").symlink_to(os.path.relpath(outside, root))
+    opener = TileOpener(str(root), 1 << 20)
+    with swapping(root):
+        outcomes = race(lambda: swap_request(opener, "d"), minimum=200)
+    assert set(outcomes) <= {"inside", "PERMISSION_DENIED"}, outcomes
+    assert min(outcomes["inside"], outcomes["PERMISSION_DENIED"]) >= 10, outcomes  # met both ways
+
+
+def test_a_level_file_swapped_with_a_link_outside_is_never_followed(tmp_path: pathlib.Path) -> None:
+    """Inside the series directory, ``d`` (a level) and ``swap`` (a symlink to a level
+    outside) trade names non-stop: whichever name the listing meets, only the file is read."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_series(root / "series", np.full((32, 48, 3), INSIDE, np.uint8), levels=1, tile=16)
+    (root / "series" / "level0.dcm").rename(root / "series" / "d")
+    write_series(outside, np.full((48, 32, 3), OUTSIDE, np.uint8), levels=1, tile=16)
+    (root / "series" / "swap").symlink_to(outside / "level0.dcm")
+    opener = TileOpener(str(root), 1 << 20)
+    with swapping(root / "series"):
+        outcomes = Counter(swap_request(opener, "series") for _ in range(150))
+    # INVALID_ARGUMENT: both names were links when opened (no level left)
+    assert set(outcomes) <= {"inside", "INVALID_ARGUMENT"}, outcomes
+    assert outcomes["inside"] >= 75, outcomes
 
 
 @pytest.mark.slow

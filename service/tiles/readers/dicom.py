@@ -266,6 +266,7 @@ def _entries(directory: ConfinedFile) -> Iterator[ConfinedFile]:
         names = sorted(entry.name for entry in itertools.islice(scan, MAX_ENTRIES + 1))
     if len(names) > MAX_ENTRIES:
         raise InvalidInput(f"a DICOM series directory of more than {MAX_ENTRIES} entries", field=FIELD)
+    seen: set[tuple[int, int]] = set()  # a file met under two names (a hard link, a rename) is one level
     for name in names:
         try:
             fd = os.open(name, _OPEN_FLAGS, dir_fd=directory.fd)
@@ -280,11 +281,16 @@ def _entries(directory: ConfinedFile) -> Iterator[ConfinedFile]:
             raise
         file = ConfinedFile(fd, info)
         try:
-            dicom = stat.S_ISREG(info.st_mode) and is_dicom(pread_exact(file, min(132, file.size), 0))
+            dicom = (
+                stat.S_ISREG(info.st_mode)
+                and (info.st_dev, info.st_ino) not in seen
+                and is_dicom(pread_exact(file, min(132, file.size), 0))
+            )
         except BaseException:
             file.close()
             raise
         if dicom:
+            seen.add((info.st_dev, info.st_ino))
             yield file
         else:
             file.close()
