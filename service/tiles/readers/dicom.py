@@ -55,7 +55,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NO
 _PIXEL_DATA, _ITEM, _DELIMITER = b"\xe0\x7f\x10\x00", b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
 _UNDEFINED = 0xFFFFFFFF
 _HEADER_TAGS = [
-    "SOPClassUID",
     "ImageType",
     "SeriesInstanceUID",
     "Rows",
@@ -72,7 +71,7 @@ _HEADER_TAGS = [
     "ExtendedOffsetTable",
     "SharedFunctionalGroupsSequence",
 ]
-# What pydicom and wsidicom raise on a malformed file (wsidicom's errors derive from Exception).
+# The built-in errors pydicom and wsidicom raise on a malformed file (their own are added to them).
 _PARSE_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
