@@ -1,0 +1,102 @@
+"""The two-level pipeline in process: region views from a pyramid level against
+the level-0 cut, a cancellation check before every stage, and refusals of
+more regions than the tissue has cells."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from service.errors import Cancelled, InvalidInput
+from service.models.servable import load_servable
+from service.pipeline import runner
+from service.pipeline.payload import RawTensor, TileRef
+from service.pipeline.sources import InMemorySource, SourceLimits, SourceRegistry
+from service.tiles import TileOpener
+from tests.service.two_level_slides import glass_slide, texture, write_slide
+
+LIMITS = SourceLimits(max_image_pixels=10**8, max_image_bytes=10**9)
+REGION, VIEW = (64, 64), (16, 16)  # the tiny model's regions and their views (fine scale 1/4)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    from model_ops.two_level_export import export_tiny_two_level_model
+
+    path = export_tiny_two_level_model(tmp_path_factory.mktemp("tiny") / "1", channels=1)
+    return load_servable("tiny-two-level", 1, path)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("slides")
+    pixels = texture(1024)
+    write_slide(root / "texture.tif", pixels)
+    return root, pixels
+
+
+def test_region_views_from_the_fine_level_match_the_level0_cut(slide) -> None:
+    root, pixels = slide
+    opener = TileOpener(str(root), 32 << 20)
+    rng = np.random.default_rng(0)
+    aligned = rng.integers(-8, 256, (12, 2)) * 4  # on the level's grid, some past the borders
+    shifted = aligned + rng.integers(1, 4, (12, 2))
+    memory = InMemorySource(pixels)
+    # on the grid a view equals the cut's but for rounding (the pyramid rounds each level);
+    # off it the box moves by under a level pixel (noise pixels enter and leave its cells)
+    for offsets, tolerance, mean in ((aligned, 1, 0.5), (shifted, 255, 12)):
+        expected = memory.region_views(offsets, REGION, VIEW).numpy().astype(int)
+        source = opener(TileRef("texture.tif"), 1, LIMITS)
+        assert source.level_for_scale((0.25, 0.25)) == 2
+        views = source.region_views(offsets, REGION, VIEW).numpy().astype(int)
+        assert views.shape == (12, *VIEW, 1)
+        assert np.abs(views - expected).max() <= tolerance
+        assert np.abs(views - expected).mean() < mean
+        assert source.read_stats.tiles_decoded <= 4 * len(offsets)  # level 2's tiles only
+
+
+def test_every_stage_checks_that_the_caller_is_still_there(model) -> None:
+    pixels = texture(768)
+    payload = RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
+    sources = SourceRegistry(LIMITS)
+    reached = []
+    for allowed in range(20):
+        checks = iter(range(allowed))  # the caller leaves after ``allowed`` checks
+        try:
+            runner.run(
+                model, payload, runner.PredictOptions(seed=1), sources, lambda c=checks: next(c, -1) >= 0
+            )
+        except Cancelled as cancelled:
+            reached.append(str(cancelled).rsplit(" ", 1)[-1])
+        else:
+            break
+    assert reached == [
+        "decode",
+        "coarse",
+        "coarse_attention",
+        "regions",
+        "region_views",
+        "fine_attention",
+        "sampling",
+        "extract",
+        "features",
+        "aggregate",
+        "head",
+    ]
+
+
+def test_more_regions_than_tissue_cells_is_refused(model) -> None:
+    # tissue in a corner, 2x2 pixels of the 32x32 coarse view: a mask's opening keeps
+    # what touches the border, so 4 coarse cells (fewer than the 8 regions allowed)
+    pixels = glass_slide(2048, (0, 0, 128, 128))
+    payload = RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
+    sources = SourceRegistry(LIMITS)
+    one = runner.run(model, payload, runner.PredictOptions(seed=0, n_regions=1, tissue_mask="otsu"), sources)
+    assert one.tissue_cells == np.count_nonzero(one.attention) == 4
+    (cell,) = one.regions.cells.tolist()
+    assert one.attention[tuple(cell)] > 0
+    with pytest.raises(InvalidInput) as refused:
+        runner.run(model, payload, runner.PredictOptions(seed=0, n_regions=8, tissue_mask="otsu"), sources)
+    assert refused.value.field == "n_regions" and "tissue cells" in str(refused.value)
