@@ -17,7 +17,7 @@ from ats_api.oip.v2 import open_inference_pb2_grpc as pb_grpc
 from service.dataplane import OIP_GRPC, DataPlane, Endpoint, PredictCall
 from service.errors import ServiceError
 from service.pipeline.payload import Payload
-from service.server import oip_convert, status
+from service.server import oip_convert, status, vocabulary
 from service.server.registration import parsed, parsed_or_abort
 from service.uploads import Upload
 
@@ -67,7 +67,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             number = oip_convert.version_number(request.version)
             ready = self._plane.model_ready(MODEL_READY, name, number)
         except ServiceError as err:
-            await status.abort(context, err)
+            await status.abort(context, vocabulary.OIP.translate(err))
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(
@@ -84,7 +84,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             number = oip_convert.version_number(message.version)
             name, versions = self._plane.model_versions(MODEL_METADATA, message.name, number)
         except ServiceError as err:
-            await status.abort(context, err)
+            await status.abort(context, vocabulary.OIP.translate(err))
         return oip_convert.metadata(name, versions)
 
     async def ModelInfer(
@@ -114,6 +114,6 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             deadline = oip_convert.Deadline(started, context.time_remaining(), timeout)
             served = await self._plane.predict(MODEL_INFER, read, deadline)
         except ServiceError as err:
-            await status.abort(context, err)
+            await status.abort(context, vocabulary.OIP.translate(err))
         names = oip_convert.requested_outputs(request)
         return oip_convert.response(served, request, names, raw=bool(request.raw_input_contents))

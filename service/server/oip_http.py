@@ -34,7 +34,7 @@ from service.config import AuthGroup, Config
 from service.dataplane import OIP_HTTP, DataPlane, Endpoint, PredictCall
 from service.errors import Code, InvalidInput, ServiceError, TooLarge, clip
 from service.pipeline.payload import Payload
-from service.server import audit, oip_convert
+from service.server import audit, oip_convert, vocabulary
 from service.server.auth import REFUSAL, TokenFile, refusal_reason
 from service.server.oip import SERVER_NAME, server_version
 from service.server.tls import TlsFiles, WatchedTls, rotating_ssl_context, ssl_context
@@ -76,6 +76,7 @@ def http_status(error: ServiceError) -> int:
 
 
 def _error(error: ServiceError) -> web.Response:
+    error = vocabulary.OIP_HTTP.translate(error)
     return web.json_response({"error": error.message}, status=http_status(error))
 
 

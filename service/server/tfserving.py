@@ -35,7 +35,7 @@ from service.dataplane import TFSERVING, DataPlane, Endpoint, PredictCall, Serve
 from service.errors import InvalidInput, ServiceError, Unsupported, clip
 from service.pipeline.payload import EncodedImage, Payload, RawTensor
 from service.pipeline.runner import PredictOptions
-from service.server import oip_convert, status
+from service.server import oip_convert, status, vocabulary
 from service.server.registration import parsed
 from service.uploads import Upload
 
@@ -205,7 +205,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             served: Served = await self._plane.predict(PREDICT, read, context)
         except ServiceError as err:
-            await status.abort(context, err)
+            await status.abort(context, vocabulary.TFSERVING.translate(err))
         values = oip_convert.output_values(served)
         datatypes = {spec.name: spec.datatype for spec in oip_convert.OUTPUTS}
         response = predict_pb2.PredictResponse()
@@ -223,7 +223,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise InvalidInput("metadata_field must be ['signature_def']", field="metadata_field")
             name, versions = self._plane.model_versions(GET_MODEL_METADATA, name, version)
         except ServiceError as err:
-            await status.abort(context, err)
+            await status.abort(context, vocabulary.TFSERVING.translate(err))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = name
         response.model_spec.version.value = version or max((e.version for e in versions), default=0)
@@ -250,7 +250,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             name, versions = self._plane.model_versions(GET_MODEL_STATUS, name, version)
             chosen = [e for e in versions if version in (0, e.version)]
         except ServiceError as err:
-            await status.abort(context, err)
+            await status.abort(context, vocabulary.TFSERVING.translate(err))
         response = get_model_status_pb2.GetModelStatusResponse()
         for entry in chosen:
             version_status = response.model_version_status.add(
