@@ -14,7 +14,8 @@ from service.models.servable import load_servable
 from service.pipeline import runner
 from service.pipeline.payload import RawTensor, TileRef
 from service.pipeline.sources import InMemorySource, SourceLimits, SourceRegistry
-from service.tiles import TileOpener
+from service.tiles import TileOpener, add_tile_source
+from tests.service.dicom_slides import write_series
 from tests.service.two_level_slides import glass_slide, texture, write_slide
 
 LIMITS = SourceLimits(max_image_pixels=10**8, max_image_bytes=10**9)
@@ -100,3 +101,14 @@ def test_more_regions_than_tissue_cells_is_refused(model) -> None:
     with pytest.raises(InvalidInput) as refused:
         runner.run(model, payload, runner.PredictOptions(seed=0, n_regions=8, tissue_mask="otsu"), sources)
     assert refused.value.field == "n_regions" and "tissue cells" in str(refused.value)
+
+
+def test_a_dicom_series_by_reference_with_levels_by_pixel_size(model, tmp_path: pathlib.Path) -> None:
+    write_series(tmp_path / "series", texture(1024), levels=4, tile=64, mpp=0.25, codec="jpeg")
+    source = TileOpener(str(tmp_path), 8 << 20)(TileRef("series"), 1, LIMITS)
+    assert source.format_name == "DICOM" and source.level_for_scale((0.25, 0.25)) == 2  # 1 um per pixel
+    sources = SourceRegistry(LIMITS)
+    add_tile_source(sources, str(tmp_path))
+    prediction = runner.run(model, TileRef("series"), runner.PredictOptions(seed=3, n_regions=2), sources)
+    assert prediction.image_shape == (1024, 1024, 1) and prediction.regions.fine_attention.shape == (2, *VIEW)
+    assert len(prediction.offsets) == 2 * model.spec.n_patches
