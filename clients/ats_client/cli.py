@@ -154,6 +154,12 @@ def _models(client: AtsClient, args: argparse.Namespace) -> int:
             f"{model.name}{default}: {len(model.classes)} classes, patch {list(model.patch_size)}, "
             f"{model.n_patches} patches (max {model.max_patches}), low scale {model.low_scale:g}"
         )
+        if model.HasField("two_level"):
+            two = model.two_level
+            print(
+                f"  two-level: {two.n_regions} regions (max {two.max_regions}) of "
+                f"{'x'.join(map(str, two.region_size))} seen at {two.fine_scale:g}; patches are per region"
+            )
         for version in model.versions:
             state = type(version).State.Name(version.state)
             print(f"  version {version.version}: {state} {version.message}".rstrip())

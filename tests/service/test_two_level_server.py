@@ -76,8 +76,10 @@ def centre(box: pb.Patch | pb.Region) -> tuple[float, float]:
     return box.y + box.height / 2, box.x + box.width / 2
 
 
-def test_metadata_reports_the_two_level_geometry(served) -> None:
-    client, *_ = served
+def test_metadata_reports_the_two_level_geometry(served, capsys) -> None:
+    client, server, _ = served
+    assert cli_main(["models", "--server", server.target]) == 0
+    assert f"two-level: {K} regions (max 8) of {REGION}x{REGION} seen at 0.25" in capsys.readouterr().out
     meta = client.metadata()
     assert list(meta.two_level.region_size) == [REGION, REGION]
     assert list(meta.two_level.fine_view_size) == [REGION // FINE_FACTOR] * 2
