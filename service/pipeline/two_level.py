@@ -18,7 +18,6 @@ value), ``head``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
 import tensorflow as tf
@@ -33,8 +32,6 @@ from service.pipeline import extract, features, head, lowres, sampling
 from service.pipeline.runner import Prediction, PredictOptions, _Stages
 from service.pipeline.sources import ImageSource
 
-TissueMask = Literal["off", "otsu"]
-TISSUE_MASKS: tuple[TissueMask, ...] = ("off", "otsu")
 STAGES = (
     "coarse",
     "coarse_attention",
