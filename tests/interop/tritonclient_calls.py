@@ -12,6 +12,7 @@ tritonclient.http (whose APIs match, bar ``as_json``).
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -106,6 +107,30 @@ def infer(protocol: str, target: str, name: str, path: str, seed: str, *outputs:
             for name, array in arrays.items()
         },
     }
+
+
+def infer_many(protocol: str, target: str, model: str, folder: str) -> list[dict[str, Any]]:
+    """Every ``<seed>.png`` of ``folder`` (sorted by seed), sampled with that
+    seed: probabilities, label and patch boxes, read with as_numpy."""
+    client = Client(protocol, target)
+    module = client.module
+    answers = []
+    for path in sorted(pathlib.Path(folder).glob("*.png"), key=lambda p: int(p.stem)):
+        result = client.infer(
+            model,
+            [_input(module, "image", str(path))],
+            outputs=[module.InferRequestedOutput(o) for o in ("probabilities", "label", "patch_boxes")],
+            parameters={"seed": int(path.stem), "mode": "sample"},
+        )
+        answers.append(
+            {
+                "seed": int(path.stem),
+                "probabilities": result.as_numpy("probabilities").tolist(),
+                "label": result.as_numpy("label")[0].decode(),
+                "patch_boxes": result.as_numpy("patch_boxes").tolist(),
+            }
+        )
+    return answers
 
 
 def _error(call: Callable[[], object]) -> dict[str, str]:
