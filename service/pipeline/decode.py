@@ -21,6 +21,12 @@ Pixel values, whatever the file holds:
 * 32-bit integer (``I``, also signed 16-bit TIFFs) and floating-point (``F``)
   images are refused, naming the mode: no scale fits every such file.
 * Multi-frame files (TIFF pages, animated PNG and WebP): the first frame.
+
+Pillow reads every header; the common layouts are then decoded by
+imagecodecs (:mod:`service.pipeline.codecs`: the same samples, faster, with
+the GIL released) and converted by the same rules (colour to grey by
+Pillow's own conversion), so the pixels, the accepted files and the
+refusals are the same whichever decoder ran (tests/service/test_decode_backends.py).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from service import budget
 from service.errors import InvalidInput, TooLarge, clip
+from service.pipeline import codecs
 from service.pipeline.payload import RawTensor
 
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
@@ -49,6 +56,10 @@ _THROUGH = {"P": "RGBA", "PA": "RGBA", "La": "LA", "LAB": "RGB"}
 _EIGHT_BIT = (
     "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV",
 )  # fmt: skip
+
+# Conversions of imagecodecs' samples run on bands of this many pixels, so
+# they hold a few MB beyond the samples and the result.
+_BAND_PIXELS = 1 << 20
 
 # What Pillow raises for bytes it cannot parse or decode: truncations and
 # decoder errors (OSError, EOFError), malformed structures (SyntaxError,
@@ -155,6 +166,9 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
             height * width, peak_bytes_per_pixel(image.mode, channels), f"{image.format} image"
         )
         try:
+            samples = codecs.samples(image, data, channels)
+            if samples is not None:
+                return _converted(samples, image.mode, channels)
             image.load()
             converted = eight_bit(image, channels)
         except CORRUPT as err:
@@ -163,6 +177,33 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
             ) from None
     pixels = np.asarray(converted)
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
+
+
+def _converted(samples: np.ndarray, mode: str, channels: int) -> np.ndarray:
+    """imagecodecs' ``samples`` of a ``mode`` image as (H, W, channels) uint8,
+    by the rules of the module docstring: the high byte of 16-bit grey, alpha
+    dropped, grey repeated for colour, and colour to grey by Pillow's own
+    conversion, a band of rows at a time."""
+    height, width = samples.shape[:2]
+    if samples.dtype == np.uint16:
+        samples = (samples >> 8).astype(np.uint8)
+    if mode == "LA":
+        samples = samples[..., 0]
+    grey = samples.ndim == 2
+    if grey and channels == 1:
+        return samples.reshape(height, width, 1)
+    if not grey and channels == 3:
+        return samples if mode == "RGB" else np.ascontiguousarray(samples[..., :3])
+    pixels = np.empty((height, width, channels), np.uint8)
+    if grey:
+        for channel in range(3):  # one plane at a time: several times faster than broadcasting
+            pixels[..., channel] = samples
+        return pixels
+    rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, rows):  # RGB or RGBA to L: alpha ignored
+        luma = Image.fromarray(samples[top : top + rows]).convert("L")
+        pixels[top : top + rows, :, 0] = np.asarray(luma)
+    return pixels
 
 
 def tensor_pixels(tensor: RawTensor, channels: int, max_pixels: int, max_bytes: int) -> np.ndarray:
