@@ -109,8 +109,9 @@ class Batcher:
                 raise Cancelled("the server is stopping")
             self._queue.append(request)
             self._ready.notify()
-        with tracing.span("ats.batch.queue"):
-            batched = self._wait(request, is_active)
+        waited_from = time.time()
+        batched = self._wait(request, is_active)
+        tracing.record("ats.batch.queue", waited_from, waited_from + batched.queued, batch_size=batched.size)
         if not is_active():
             raise Cancelled("caller gone during its batch")
         return batched
