@@ -1,21 +1,27 @@
-"""``ats-train megapixel-digits``: run the recipe, draw its pictures, export the model.
+"""``ats-train TASK``: run a recipe, draw its pictures, export the model.
 
-Everything goes to ``--run-dir`` (per-stage CSV logs, Keras backups, stage
-weights, PNG curves, attention pictures, ``summary.json``); ``--resume``
-continues an interrupted run where it stopped. ``--export`` writes the
-trained model as a served version (``models/<name>/<version>``).
+Tasks: ``megapixel-digits`` (one level, :mod:`model_ops.training.recipe`) and
+``gigapixel-digits`` (two levels over 10k-100k canvases,
+:mod:`model_ops.training.gigapixel`). Everything goes to ``--run-dir``
+(per-stage CSV logs, Keras backups, stage weights, PNG curves, attention
+pictures, ``summary.json``); ``--resume`` continues an interrupted run where
+it stopped. ``--export`` writes the trained model as a served version
+(``models/<name>/<version>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import pathlib
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
+from model_ops.training import gigapixel
 from model_ops.training import recipe as recipes
 from model_ops.training.plots import plot_attention, plot_curves
 from model_ops.training.run_dir import RunDir
@@ -32,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ats-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("task", choices=["megapixel-digits"], help="what to train")
-    parser.add_argument("--run-dir", default="runs/megapixel-digits", help="folder of this run")
+    parser.add_argument("task", choices=["megapixel-digits", "gigapixel-digits"], help="what to train")
+    parser.add_argument("--run-dir", default=None, help="folder of this run (default: runs/TASK)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -45,33 +51,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--export", default=None, help="also export the model to this version directory")
     parser.add_argument(
+        "--one-level-weights",
+        default=gigapixel.ONE_LEVEL_WEIGHTS,
+        help="gigapixel-digits: the megapixel-digits weights whose feature network, head and "
+        "(as a start for the fine attention) attention network it reuses",
+    )
+    parser.add_argument(
         "--verbose",
         type=int,
         default=1,
         choices=[0, 1, 2],
         help="Keras verbosity: 1 = progress bar, 2 = one line per epoch",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.run_dir = args.run_dir or f"runs/{args.task}"
+    return args
 
 
-def _recipe(args: argparse.Namespace, run: RunDir) -> recipes.Recipe:
+def _recipe(args: argparse.Namespace, run: RunDir, recipe_cls: type, stages: Iterable[str]):
     """The recipe of this run.
 
     A resumed run must keep the settings of its finished stages; stages not
     yet finished take the current ones (so a later version can reuse the
     pretraining stages of an earlier run and train a longer fine-tune).
     """
-    recipe = recipes.Recipe(seed=args.seed)
+    recipe = recipe_cls(seed=args.seed)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
     if args.scale != 1.0:
         recipe = recipe.scaled(args.scale)
     saved = run.root / "recipe.json"
     if saved.exists():
-        previous = recipes.Recipe(**json.loads(saved.read_text()))
+        previous = recipe_cls(**json.loads(saved.read_text()))
         changed = [
             stage
-            for stage in TRAINERS
+            for stage in stages
             if run.is_done(stage) and previous.stage_fields(stage) != recipe.stage_fields(stage)
         ]
         if changed:
@@ -81,6 +95,22 @@ def _recipe(args: argparse.Namespace, run: RunDir) -> recipes.Recipe:
             )
     saved.write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     return recipe
+
+
+def _run_stages(run: RunDir, nets, trainers: dict[str, Callable[[], dict]]) -> dict[str, float]:
+    """Train the stages not yet done (loading the weights of those that are); returns seconds per stage."""
+    for stage, train in trainers.items():
+        if run.is_done(stage):
+            nets.load(run.stage(stage) / "weights")
+            print(f"[{stage}] already done, weights loaded", flush=True)
+            continue
+        print(f"[{stage}] training", flush=True)
+        run.start_clock(stage)
+        summary = train()
+        seconds = run.finish(stage, nets, summary)
+        plot_curves(run.stage(stage) / "log.csv", run.stage(stage) / "curves.png", stage)
+        print(f"[{stage}] done in {seconds:.0f} s: {summary}", flush=True)
+    return {stage: run.seconds(stage) for stage in trainers}
 
 
 def draw_attention(run: RunDir, nets, spec: CanvasSpec, recipe: recipes.Recipe) -> pathlib.Path:
@@ -107,26 +137,15 @@ def draw_attention(run: RunDir, nets, spec: CanvasSpec, recipe: recipes.Recipe) 
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    run = RunDir(args.run_dir)
-    if not args.resume:
-        run.fresh_start()
-    run.root.mkdir(parents=True, exist_ok=True)
+def _megapixel(args: argparse.Namespace, run: RunDir) -> dict[str, float]:
     spec = CanvasSpec()
-    recipe = _recipe(args, run)
+    recipe = _recipe(args, run, recipes.Recipe, TRAINERS)
     nets = recipes.build_nets(spec)
-    for stage, trainer in TRAINERS.items():
-        if run.is_done(stage):
-            nets.load(run.stage(stage) / "weights")
-            print(f"[{stage}] already done, weights loaded", flush=True)
-            continue
-        print(f"[{stage}] training", flush=True)
-        run.start_clock(stage)
-        summary = trainer(run, nets, spec, recipe, args.verbose)
-        seconds = run.finish(stage, nets, summary)
-        plot_curves(run.stage(stage) / "log.csv", run.stage(stage) / "curves.png", stage)
-        print(f"[{stage}] done in {seconds:.0f} s: {summary}", flush=True)
+    trainers = {
+        stage: functools.partial(trainer, run, nets, spec, recipe, args.verbose)
+        for stage, trainer in TRAINERS.items()
+    }
+    seconds = _run_stages(run, nets, trainers)
     draw_attention(run, nets, spec, recipe)
     if args.export:
         from model_ops.export import export_model
@@ -139,7 +158,36 @@ def main(argv: list[str] | None = None) -> int:
             args.export,
         )
         print(f"exported to {args.export}", flush=True)
-    seconds = {stage: run.seconds(stage) for stage in TRAINERS}
+    return seconds
+
+
+def _gigapixel(args: argparse.Namespace, run: RunDir) -> dict[str, float]:
+    from model_ops.training.gigapixel_plots import draw_two_level
+
+    recipe = _recipe(args, run, gigapixel.GigapixelRecipe, gigapixel.TRAINERS)
+    nets = gigapixel.build_nets(args.one_level_weights)
+    trainers = {
+        stage: functools.partial(trainer, run, nets, recipe, args.verbose)
+        for stage, trainer in gigapixel.TRAINERS.items()
+    }
+    seconds = _run_stages(run, nets, trainers)
+    metadata = gigapixel.model_metadata(recipe)
+    draw_two_level(nets, metadata, recipe.seed + 2, run.root / "attention.png")
+    if args.export:
+        from model_ops.two_level_export import export_two_level_model
+
+        export_two_level_model(*nets.map_nets(), nets.features, nets.head, metadata, args.export)
+        print(f"exported to {args.export}", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = RunDir(args.run_dir)
+    if not args.resume:
+        run.fresh_start()
+    run.root.mkdir(parents=True, exist_ok=True)
+    seconds = (_gigapixel if args.task == "gigapixel-digits" else _megapixel)(args, run)
     total = sum(seconds.values())
     (run.root / "summary.json").write_text(
         json.dumps({"stage_seconds": seconds, "total_seconds": total}, indent=2) + "\n"
