@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import imagecodecs
 import numpy as np
+import numpy.typing as npt
 from PIL import ImageFile, TiffImagePlugin
 
 # Pillow modes the decoders below produce, as (bands, dtype) of the samples.
@@ -54,6 +55,9 @@ _PHOTOMETRIC, _PLANAR, _FILL_ORDER, _SAMPLE_FORMAT = 262, 284, 266, 339
 _ROWS_PER_STRIP, _STRIP_OFFSETS, _STRIP_BYTE_COUNTS = 278, 273, 279
 _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS, _TILE_BYTE_COUNTS = 322, 323, 324, 325
 _TILE_PIXELS = 512 * 512
+# TensorFlow adopts a NumPy buffer without copying it when it is aligned to
+# this many bytes (service.pipeline.sources.shared_tensor).
+ALIGNMENT = 64
 _PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # the IEND chunk: no data, its CRC
 _JPEG_END = b"\xff\xd9"  # EOI
 
@@ -158,6 +162,16 @@ DECODERS: dict[str, Codec] = {
 }
 
 
+def aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an
+    ``ALIGNMENT`` boundary (NumPy's large allocations start 16 bytes past a
+    page): TensorFlow can then take the decoded pixels as they are."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def samples(image: ImageFile.ImageFile, data: bytes, channels: int) -> np.ndarray | None:
     """The stored samples of ``image`` (opened by Pillow from ``data``, not
     loaded) for a model of ``channels``: (H, W) for one band, else (H, W,
@@ -173,7 +187,7 @@ def samples(image: ImageFile.ImageFile, data: bytes, channels: int) -> np.ndarra
     if (to_grey and not codec.to_grey) or not codec.reads_alike(image, data):
         return None
     width, height = image.size
-    out = np.empty((height, width, bands) if bands > 1 else (height, width), dtype)
+    out = aligned_empty((height, width, bands) if bands > 1 else (height, width), dtype)
     try:
         return codec.decode(data, out=out)
     except codec.errors:

@@ -168,13 +168,16 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_bytes: int) ->
         try:
             samples = codecs.samples(image, data, channels)
             if samples is not None:
-                return _converted(samples, image.mode, channels)
-            image.load()
-            converted = eight_bit(image, channels)
+                mode = image.mode
+            else:
+                image.load()
+                converted = eight_bit(image, channels)
         except CORRUPT as err:
             raise InvalidInput(
                 f"corrupt or truncated {image.format} image: {clip(str(err))}", field="image"
             ) from None
+    if samples is not None:  # decoded: any error from here on is a bug, not the client's
+        return _converted(samples, mode, channels)
     pixels = np.asarray(converted)
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
 
@@ -183,26 +186,24 @@ def _converted(samples: np.ndarray, mode: str, channels: int) -> np.ndarray:
     """imagecodecs' ``samples`` of a ``mode`` image as (H, W, channels) uint8,
     by the rules of the module docstring: the high byte of 16-bit grey, alpha
     dropped, grey repeated for colour, and colour to grey by Pillow's own
-    conversion, a band of rows at a time."""
+    conversion, a band of rows at a time. Aligned as TensorFlow needs."""
     height, width = samples.shape[:2]
+    if mode == _MODES[channels]:
+        return samples.reshape(height, width, channels)
+    pixels = codecs.aligned_empty((height, width, channels))
     if samples.dtype == np.uint16:
-        samples = (samples >> 8).astype(np.uint8)
-    if mode == "LA":
-        samples = samples[..., 0]
-    grey = samples.ndim == 2
-    if grey and channels == 1:
-        return samples.reshape(height, width, 1)
-    if not grey and channels == 3:
-        return samples if mode == "RGB" else np.ascontiguousarray(samples[..., :3])
-    pixels = np.empty((height, width, channels), np.uint8)
-    if grey:
-        for channel in range(3):  # one plane at a time: several times faster than broadcasting
-            pixels[..., channel] = samples
-        return pixels
-    rows = max(1, _BAND_PIXELS // width)
-    for top in range(0, height, rows):  # RGB or RGBA to L: alpha ignored
-        luma = Image.fromarray(samples[top : top + rows]).convert("L")
-        pixels[top : top + rows, :, 0] = np.asarray(luma)
+        samples = samples >> 8
+    if samples.ndim == 2 or mode == "LA":
+        grey = samples if samples.ndim == 2 else samples[..., 0]
+        for channel in range(channels):  # one plane at a time: several times faster than broadcasting
+            pixels[..., channel] = grey
+    elif channels == 3:  # RGBA
+        pixels[...] = samples[..., :3]
+    else:
+        rows = max(1, _BAND_PIXELS // width)
+        for top in range(0, height, rows):  # RGB or RGBA to L: alpha ignored
+            luma = Image.fromarray(samples[top : top + rows]).convert("L")
+            pixels[top : top + rows, :, 0] = np.asarray(luma)
     return pixels
 
 

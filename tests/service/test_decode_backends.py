@@ -45,7 +45,8 @@ def uses_imagecodecs(data: bytes, channels: int) -> bool:
 def assert_same(data: bytes, channels: int, label: str) -> None:
     got, want = pixels_or_status(data, channels), by_pillow(data, channels)
     if isinstance(want, str) or isinstance(got, str):
-        assert got == want if isinstance(got, str) else False, (label, channels, want, got)
+        shapes = [r if isinstance(r, str) else r.shape for r in (want, got)]
+        assert isinstance(want, str) and isinstance(got, str) and got == want, (label, channels, *shapes)
     else:
         assert got.dtype == want.dtype == np.uint8 and got.shape == want.shape, (label, channels)
         np.testing.assert_array_equal(got, want, err_msg=f"{label} ({channels} channels)")
@@ -158,11 +159,13 @@ def test_lossy_webp_decodes_to_pillows_pixels(mode):
         assert_same(data, channels, f"lossy WebP {mode}")
 
 
-def test_the_decoded_array_is_writable_and_holds_no_extra_band():
-    """What InMemorySource hands TensorFlow without a copy when it is aligned."""
-    data = pillow_file("L", "PNG")
-    pixels = decode.decode_image(data, 1, MAX_PIXELS, MAX_BYTES)
-    assert pixels.flags.writeable and pixels.flags.c_contiguous and pixels.shape == (60, 80, 1)
+@pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 3), ("RGB", 1), ("L", 3)])
+def test_decoded_arrays_are_what_tensorflow_adopts_without_a_copy(mode, channels):
+    """Writable, C-contiguous, aligned: InMemorySource hands them to TensorFlow as they are."""
+    pixels = decode.decode_image(pillow_file(mode, "PNG"), channels, MAX_PIXELS, MAX_BYTES)
+    assert pixels.shape == (60, 80, channels)
+    assert pixels.flags.writeable and pixels.flags.c_contiguous
+    assert pixels.ctypes.data % codecs.ALIGNMENT == 0
 
 
 FAST_SEEDS = {
