@@ -123,11 +123,7 @@ def run(
     tissue_cells = int(coarse.shape[1]) * int(coarse.shape[2])
     if options.tissue_mask == "otsu":
         with stages.stage("tissue"):
-            keep = tissue.cell_mask(
-                tissue.tissue_mask(x_coarse.numpy()[0]), coarse.shape[1:], spec.receptive_field
-            )
-            coarse = tissue.masked_attention(coarse, keep)
-            tissue_cells = int(keep.sum())
+            coarse, tissue_cells = _mask_tissue(x_coarse, coarse, spec.receptive_field)
     with stages.stage("regions"):
         what = "tissue cells" if options.tissue_mask != "off" else "coarse attention cells"
         distinct = not two_level.replace_regions or mode == "top_k"
@@ -201,6 +197,13 @@ def run(
         coarse_view=x_coarse.numpy()[0] if options.include_coarse_view else None,
         tissue_cells=tissue_cells,
     )
+
+
+def _mask_tissue(x_coarse: tf.Tensor, coarse: tf.Tensor, receptive_field: int) -> tuple[tf.Tensor, int]:
+    """The coarse map with zero attention on the background cells of the coarse view
+    (Otsu), renormalised, and how many cells are tissue."""
+    keep = tissue.cell_mask(tissue.tissue_mask(x_coarse.numpy()[0]), coarse.shape[1:], receptive_field)
+    return tissue.masked_attention(coarse, keep), int(keep.sum())
 
 
 @tf.function(reduce_retracing=True)

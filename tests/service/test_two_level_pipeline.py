@@ -101,3 +101,19 @@ def test_a_dicom_series_by_reference_with_levels_by_pixel_size(model, tmp_path: 
     prediction = runner.run(model, TileRef("series"), runner.PredictOptions(seed=3, n_regions=2), sources)
     assert prediction.image_shape == (1024, 1024, 1) and prediction.regions.fine_attention.shape == (2, *VIEW)
     assert len(prediction.offsets) == 2 * model.spec.n_patches
+
+
+@pytest.mark.parametrize("mode", ["sample", "top_k"])
+def test_uploaded_pixels_predict_as_the_model_ops_pipeline(model, mode: str) -> None:
+    from model_ops.data import InMemoryImage
+    from model_ops.two_level_pipeline import SavedModelStages, run_two_level
+
+    pixels = texture(1280, seed=5)
+    payload = RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
+    served = runner.run(model, payload, runner.PredictOptions(seed=11, mode=mode), SourceRegistry(LIMITS))
+    reference = run_two_level(
+        SavedModelStages(model.saved_model), InMemoryImage(pixels), model.spec, mode=mode, seed=11
+    )
+    np.testing.assert_array_equal(served.regions.offsets, reference.region_offsets.numpy()[0])
+    np.testing.assert_array_equal(served.offsets, reference.patch_offsets.numpy().reshape(-1, 2))
+    np.testing.assert_allclose(served.probabilities, reference.probabilities.numpy()[0], rtol=1e-5)
