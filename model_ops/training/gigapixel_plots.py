@@ -3,8 +3,9 @@
 A 100k canvas is shown through what the model read of it: the coarse view
 (1563 px a side, where a digit is a faint mark: shown brightened and
 max-pooled so marks survive the shrinking), the coarse attention with the
-region boxes, and for the most attended region its fine view and fine
-attention with the patch boxes.
+region boxes, for the most attended region its fine view and fine
+attention with the patch boxes, and the full-resolution patches the most
+attended regions gave.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from model_ops.two_level_pipeline import TwoLevelNetworks, TwoLevelResult, read_
 PANEL = 360
 COARSE_BRIGHTEN = 16
 SIDES = (10_000, 100_000)
+STRIP = 5
 
 
 def _max_pool(image: np.ndarray, side: int) -> np.ndarray:
@@ -48,10 +50,27 @@ def _boxes(panel: Image.Image, boxes: np.ndarray, size: tuple[int, int], scale: 
         )
 
 
+def _patch_strip(
+    image: LayoutImage, result: TwoLevelResult, metadata: ModelMetadata, height: int
+) -> Image.Image:
+    """The first patch of each of the ``STRIP`` most attended regions, at full resolution, top to bottom."""
+    order = np.argsort(-result.region_probs[0].numpy())[:STRIP]
+    patches = image.read_patches(result.patch_offsets[0].numpy()[order, 0], metadata.patch_size)[..., 0]
+    side = height // STRIP
+    strip = Image.new("RGB", (side, height), "white")
+    for i, patch in enumerate(patches):
+        strip.paste(
+            Image.fromarray(patch).convert("RGB").resize((side - 4, side - 4), Image.NEAREST),
+            (2, i * side + 2),
+        )
+    return strip
+
+
 def two_level_row(
     image: LayoutImage, result: TwoLevelResult, metadata: ModelMetadata, title: str
 ) -> Image.Image:
-    """Coarse view and map with the region boxes; the top region's view and map with its patch boxes."""
+    """Coarse view and map with the region boxes; the top region's view and map with its patch boxes;
+    the patches of the top regions."""
     spec = metadata.two_level
     height, width, _ = image.shape
     coarse = image.low_view(metadata.low_shape(height, width))[..., 0]
@@ -69,9 +88,12 @@ def two_level_row(
     inside = result.patch_offsets[0, top].numpy() - regions[top]
     for panel in fine:
         _boxes(panel, inside, metadata.patch_size, PANEL / spec.region_size[1], (0, 255, 0))
-    row = Image.new("RGB", (4 * PANEL + 30, panels[0].height + 22), "white")
-    for i, panel in enumerate(panels + fine):
-        row.paste(panel, (i * (PANEL + 10), 22))
+    panels += [*fine, _patch_strip(image, result, metadata, panels[0].height)]
+    row = Image.new("RGB", (sum(p.width + 10 for p in panels), panels[0].height + 22), "white")
+    left = 0
+    for panel in panels:
+        row.paste(panel, (left, 22))
+        left += panel.width + 10
     ImageDraw.Draw(row).text((4, 4), title, fill="black")
     return row
 
@@ -89,7 +111,8 @@ def draw_two_level(nets, metadata: ModelMetadata, seed: int, png_path: str | os.
         title = (
             f"{layout.height}x{layout.width}: label {layout.label}, predicted {probabilities.argmax()} "
             f"(p={probabilities.max():.2f}); coarse view x{COARSE_BRIGHTEN} and coarse map with "
-            f"{len(result.region_offsets[0])} regions; top region's view and fine map with its patches"
+            f"{len(result.region_offsets[0])} regions; top region's view and fine map with its patches; "
+            f"first patch of the {STRIP} top regions"
         )
         rows.append(two_level_row(image, result, metadata, title))
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
