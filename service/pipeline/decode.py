@@ -200,7 +200,10 @@ def _converted(samples: np.ndarray, mode: str, channels: int) -> np.ndarray:
     elif channels == 3:  # RGBA
         pixels[...] = samples[..., :3]
     else:
-        rows = max(1, _BAND_PIXELS // width)
+        # Pillow holds 6 bytes per pixel of a band (its 4-byte copy, the grey
+        # result, our array of it): bands of at most a third of the image keep
+        # the peak within what peak_bytes_per_pixel reserved for Pillow's decode
+        rows = max(1, min(_BAND_PIXELS, height * width // 3) // width)
         for top in range(0, height, rows):  # RGB or RGBA to L: alpha ignored
             luma = Image.fromarray(samples[top : top + rows]).convert("L")
             pixels[top : top + rows, :, 0] = np.asarray(luma)
