@@ -1,10 +1,19 @@
-"""Service benchmark: what gRPC adds on top of the pipeline, and throughput.
+"""Service benchmark: what gRPC adds on top of the pipeline, throughput with
+and without batching, and CPU per request against its floor.
 
-For one 1500x1500 PNG (a Megapixel-digits canvas):
+For 1500x1500 PNGs (Megapixel-digits canvases):
 - the in-process pipeline time (decode to head, same code as the server);
 - gRPC end-to-end p50/p99 from this client process to an ``ats-serve``
   subprocess on loopback, and the overhead over the pipeline (target: < 15% of p50);
-- throughput with 1, 4 and 8 concurrent client processes.
+- the in-process path per image (raw tensor in, probabilities out) against the
+  model's fused ``predict_image`` signature on the same fresh canvases (target: <= 1.1x);
+- throughput, p50 and p99 at 1, 4, 8 and 16 concurrent client processes, side by
+  side for the server before the fused path (``BASELINE``, run from a git worktree),
+  the fused path without batching and with batching (target at 8 clients: >= 2x
+  the baseline; p99 under 3x the single-client p50);
+- server CPU per request at saturation against the floor, decode plus the fused
+  graph measured in this process (target: within 1.3x);
+- throughput at 8 clients for a few TensorFlow thread settings.
 
 Uses the shipped model (models/megapixel-digits) when present, else a tiny
 random-weight model exported for the run (the table says which).
@@ -15,13 +24,17 @@ random-weight model exported for the run (the table says which).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import io
 import multiprocessing
 import os
 import pathlib
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from common import ROOT, ServerProcess
@@ -38,21 +51,33 @@ SERVER_FLAGS = (
     "0",
 )
 STAGES = ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head")
+# The last commit before issue 13: every request ran the stages as separate calls, alone.
+BASELINE = "734dbbc"
+VARIANTS = {
+    f"before ({BASELINE}, staged)": (),
+    "fused, batching off": ("--batch-max-size", "0"),
+    "fused, batching on": ("--batch-max-size", "8"),
+}
+THREAD_SETTINGS = ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2))  # (intra-op, inter-op); 0: TensorFlow's default
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def canvas_png() -> bytes:
-    """A reference 1500x1500 Megapixel-digits canvas, PNG-encoded."""
-    from PIL import Image
-
+def canvas(index: int = 0, split: str = "test") -> np.ndarray:
+    """A 1500x1500 Megapixel-digits canvas (H, W) uint8."""
     from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 
-    pixels = render_canvas(make_layout(CanvasSpec(), "test", seed=0, index=0))[..., 0]
+    return render_canvas(make_layout(CanvasSpec(), split, seed=0, index=index))[..., 0]
+
+
+def canvas_png() -> bytes:
+    """The reference canvas, PNG-encoded."""
+    from PIL import Image
+
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(canvas()).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -75,22 +100,76 @@ def model_repository(workdir: pathlib.Path) -> tuple[pathlib.Path, str, str]:
     )
 
 
-def load_pipeline(repository: pathlib.Path, name: str):
-    """A function running the whole pipeline in this process on encoded bytes
-    (model loaded and warmed up like the server does)."""
+def load_servable(repository: pathlib.Path, name: str):
+    """The model loaded and warmed up as the server does it, and the server's sources."""
     from service.models.servable import load_servable
     from service.models.warmup import warm_up
-    from service.pipeline import runner
-    from service.pipeline.payload import EncodedImage
     from service.pipeline.sources import SourceLimits, SourceRegistry
 
     version = max(int(p.name) for p in (repository / name).iterdir() if p.name.isdigit())
     servable = load_servable(name, version, repository / name / str(version))
     warm_up(servable)
-    sources = SourceRegistry(SourceLimits(max_image_pixels=200_000_000, max_image_bytes=1 << 30))
+    return servable, SourceRegistry(SourceLimits(max_image_pixels=200_000_000, max_image_bytes=1 << 30))
+
+
+def load_pipeline(servable, sources):
+    """A function running the whole pipeline in this process on encoded bytes."""
+    from service.pipeline import runner
+    from service.pipeline.payload import EncodedImage
+
     return lambda png, seed: runner.run(
         servable, EncodedImage(png), runner.PredictOptions(seed=seed), sources
     )
+
+
+def in_process_paths(servable, sources, count: int) -> tuple[list[float], list[float]]:
+    """Seconds per image of the server's in-process path (raw tensor in,
+    probabilities out) and of the model's ``predict_image`` signature,
+    alternating on ``count`` fresh canvases (each measured after one unmeasured run)."""
+    import tensorflow as tf
+
+    from service.pipeline import runner
+    from service.pipeline.payload import RawTensor
+
+    signature = servable.saved_model.signatures["predict_image"]
+    n_patches = tf.constant(servable.spec.n_patches, tf.int32)
+    server, fused = [], []
+    for index in range(count):
+        pixels = canvas(index, split="val")[..., None]
+        payload = RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
+        image = tf.constant(pixels)
+        for timings in (None, (server, fused)):
+            started = time.perf_counter()
+            runner.run(servable, payload, runner.PredictOptions(seed=index), sources)
+            middle = time.perf_counter()
+            seed = tf.constant(index, tf.int64)
+            signature(image=image, n_patches=n_patches, seed=seed, mode=tf.constant(0))[
+                "probabilities"
+            ].numpy()
+            done = time.perf_counter()
+            if timings is not None:
+                server.append(middle - started)
+                fused.append(done - middle)
+    return server, fused
+
+
+def floor_cpu(servable, png: bytes, runs: int) -> float:
+    """CPU seconds (all threads of this process) per image of decoding the PNG
+    and running the fused graph on it: the least a request can cost."""
+    from service.pipeline import decode
+    from service.pipeline.fused import fused_graph
+    from service.pipeline.sources import shared_tensor
+
+    graph = fused_graph(servable)
+    low = servable.spec.low_shape(1500, 1500)
+    samples = []
+    for seed in range(runs + 3):
+        started = time.process_time()
+        pixels = decode.decode_image(png, 1, 200_000_000, 1 << 30)
+        graph.run([shared_tensor(pixels)], low, servable.spec.n_patches, [seed], "sample")
+        if seed >= 3:
+            samples.append(time.process_time() - started)
+    return statistics.median(samples)
 
 
 def paired(
@@ -100,7 +179,7 @@ def paired(
     the same machine load: their seconds, and the server's own stage timings."""
     from ats_client import AtsClient
 
-    local, remote, stages = [], [], {s: [] for s in (*STAGES, "total")}
+    local, remote, stages = [], [], {s: [] for s in (*STAGES, "queue", "total")}
     with AtsClient(target) as client:
         for i in range(runs + 3):
             started = time.perf_counter()
@@ -132,6 +211,12 @@ def _client_worker(target: str, png: bytes, duration: float, start_at: float, re
     results.put(latencies)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process has used (user and system, all its threads)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(target: str, png: bytes, clients: int, duration: float) -> tuple[float, list[float]]:
     """Requests per second and latencies with ``clients`` client processes."""
     context = multiprocessing.get_context("spawn")
@@ -149,6 +234,86 @@ def throughput(target: str, png: bytes, clients: int, duration: float) -> tuple[
     return len(latencies) / duration, latencies
 
 
+@dataclasses.dataclass
+class Load:
+    rate: float
+    latencies: list[float]
+    cpu_per_request: float
+
+
+@contextlib.contextmanager
+def baseline_checkout(workdir: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A directory whose ``service`` package is the ``BASELINE`` commit's (the
+    library, the client and the model come from this checkout)."""
+    tree = workdir / "baseline-tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), BASELINE], check=True)
+    try:
+        shim = workdir / "baseline"
+        shim.mkdir()
+        (shim / "service").symlink_to(tree / "service")
+        yield shim
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def side_by_side(
+    repository: pathlib.Path, workdir: pathlib.Path, png: bytes, levels: tuple[int, ...], duration: float
+) -> dict[str, dict[int, Load]]:
+    """Every variant at every level, the variants interleaved level by level so
+    that the machine's other jobs spread over all of them."""
+    results: dict[str, dict[int, Load]] = {name: {} for name in VARIANTS}
+    with baseline_checkout(workdir) as baseline:
+        servers = {
+            name: ServerProcess(
+                repository,
+                workdir / f"server-{i}.log",
+                *SERVER_FLAGS,
+                *flags,
+                cwd=baseline if i == 0 else ROOT,
+            )
+            for i, (name, flags) in enumerate(VARIANTS.items())
+        }
+        try:
+            for server in servers.values():
+                server.wait_serving()
+            for clients in levels:
+                for name, server in servers.items():
+                    results[name][clients] = measured_load(server, png, clients, duration)
+        finally:
+            for server in servers.values():
+                server.terminate()
+    return results
+
+
+def measured_load(server: ServerProcess, png: bytes, clients: int, duration: float) -> Load:
+    before = process_cpu(server.process.pid)
+    rate, latencies = throughput(server.target, png, clients, duration)
+    cpu = process_cpu(server.process.pid) - before
+    # the clients' connection and warm-up requests run before the clock, outside the count
+    return Load(rate, latencies, cpu / (len(latencies) + clients))
+
+
+def thread_sweep(repository: pathlib.Path, workdir: pathlib.Path, png: bytes, duration: float) -> dict:
+    """Throughput at 8 clients with batching on, per TensorFlow thread setting."""
+    results = {}
+    for intra, inter in THREAD_SETTINGS:
+        server = ServerProcess(
+            repository,
+            workdir / f"threads-{intra}-{inter}.log",
+            *SERVER_FLAGS,
+            "--intra-op-threads",
+            str(intra),
+            "--inter-op-threads",
+            str(inter),
+        )
+        try:
+            server.wait_serving()
+            results[(intra, inter)] = measured_load(server, png, 8, duration)
+        finally:
+            server.terminate()
+    return results
+
+
 def versions() -> str:
     import grpc
     import tensorflow as tf
@@ -156,13 +321,19 @@ def versions() -> str:
     return describe(TensorFlow=tf.__version__, grpcio=grpc.__version__)
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
 def report(
     args: argparse.Namespace,
     model: str,
     measured: dict[str, tuple[bytes, list, list, dict]],
-    loads: dict[int, tuple[float, list[float]]],
+    paths: tuple[list[float], list[float]],
+    loads: dict[str, dict[int, Load]],
+    floor: float,
+    threads: dict[tuple[int, int], Load],
 ) -> str:
-    ms = lambda s: f"{s * 1000:.1f}"
     lines = [
         "# Service benchmark",
         "",
@@ -202,25 +373,75 @@ def report(
     ]
     for label, (_, _, _, stages) in measured.items():
         lines.append(
-            f"Server-side stage medians for the {label} (ms): "
-            + ", ".join(f"{s} {ms(statistics.median(stages[s]))}" for s in STAGES)
+            f"Server-side stage medians for the {label} (ms, from inside the fused graph after decode): "
+            + ", ".join(f"{s} {ms(statistics.median(stages[s]))}" for s in STAGES if stages[s])
             + "."
         )
+    server, fused = paths
     lines += [
         "",
-        "## Throughput",
+        "## In-process path against the fused signature",
         "",
-        f"Each client is its own process sending the canvas back to back for {args.duration:g} s; the "
-        "server allows 8 predictions at once.",
+        f"{len(server)} fresh canvases (validation split), each run once unmeasured, then the server's "
+        "path (`runner.run` on a raw tensor, probabilities out) and the model's `predict_image` "
+        "signature alternately.",
         "",
-        "| concurrent clients | requests | throughput (req/s) | ratio to 1 client | p50 (ms) | p99 (ms) |",
+        "| path | p50 (ms) | ratio |",
+        "| --- | ---: | ---: |",
+        f"| `predict_image` signature | {ms(statistics.median(fused))} | 1.00 |",
+        f"| server's in-process path | {ms(statistics.median(server))} "
+        f"| **{statistics.median(server) / statistics.median(fused):.2f}** |",
+        "",
+        "Target: at most 1.1x.",
+        "",
+        "## Throughput, batching off and on",
+        "",
+        f"Each client is its own process sending the canvas back to back for {args.duration:g} s; each "
+        "server allows 8 predictions at once. The three servers run at the same time and are measured "
+        f"in turn at each level. `{BASELINE}` is the commit before the fused path (the stages as "
+        "separate calls, each request alone), run from a git worktree of it.",
+        "",
+        "| server | clients | requests | req/s | ratio to baseline | p50 (ms) | p99 (ms) "
+        "| p99 / 1-client p50 | server CPU per request (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    baseline = loads[next(iter(VARIANTS))]
+    for name, levels in loads.items():
+        single = statistics.median(levels[min(levels)].latencies)
+        for clients, load in sorted(levels.items()):
+            lines.append(
+                f"| {name} | {clients} | {len(load.latencies)} | {load.rate:.1f} "
+                f"| {load.rate / baseline[clients].rate:.2f} | {ms(statistics.median(load.latencies))} "
+                f"| {ms(percentile(load.latencies, 99))} "
+                f"| {percentile(load.latencies, 99) / single:.2f} | {ms(load.cpu_per_request)} |"
+            )
+    batched = loads["fused, batching on"]
+    lines += [
+        "",
+        "Targets at 8 clients: throughput at least 2x the baseline, p99 under 3x the single-client "
+        "p50; single-client p50 no worse than the baseline.",
+        "",
+        "## CPU per request against the floor",
+        "",
+        f"Floor: decoding the canvas PNG and running the fused graph on it in this process, CPU time of "
+        f"all its threads, median of {args.runs}: **{ms(floor)} ms**. Server CPU per request with "
+        f"batching on at 8 clients: {ms(batched[8].cpu_per_request)} ms, "
+        f"**{batched[8].cpu_per_request / floor:.2f}x** the floor (target: within 1.3x); at 16 clients: "
+        f"{batched[16].cpu_per_request / floor:.2f}x. The server's share above the floor is gRPC, "
+        "protobuf, the data plane and Python.",
+        "",
+        "## TensorFlow threads",
+        "",
+        "Batching on, 8 clients, one server per setting in turn (0: TensorFlow's default, one thread "
+        "per core).",
+        "",
+        "| intra-op | inter-op | req/s | p50 (ms) | p99 (ms) | CPU per request (ms) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    base = loads[min(loads)][0]
-    for clients, (rate, latencies) in sorted(loads.items()):
+    for (intra, inter), load in threads.items():
         lines.append(
-            f"| {clients} | {len(latencies)} | {rate:.1f} | {rate / base:.2f} | "
-            f"{ms(statistics.median(latencies))} | {ms(percentile(latencies, 99))} |"
+            f"| {intra} | {inter} | {load.rate:.1f} | {ms(statistics.median(load.latencies))} "
+            f"| {ms(percentile(load.latencies, 99))} | {ms(load.cpu_per_request)} |"
         )
     lines += [
         "",
@@ -243,24 +464,32 @@ def noise_png() -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=60, help="requests measured per image")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per throughput level")
+    parser.add_argument(
+        "--canvases", type=int, default=30, help="fresh canvases of the in-process comparison"
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput level")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "service.md"))
     args = parser.parse_args()
     images = {"canvas": canvas_png(), "noise image": noise_png()}
-    with tempfile.TemporaryDirectory() as workdir:
-        repository, name, model = model_repository(pathlib.Path(workdir))
-        pipeline = load_pipeline(repository, name)
-        server = ServerProcess(repository, pathlib.Path(workdir) / "server.log", *SERVER_FLAGS)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = pathlib.Path(tmp)
+        repository, name, model = model_repository(workdir)
+        servable, sources = load_servable(repository, name)
+        pipeline = load_pipeline(servable, sources)
+        paths = in_process_paths(servable, sources, args.canvases)
+        floor = floor_cpu(servable, images["canvas"], args.runs)
+        server = ServerProcess(repository, workdir / "server.log", *SERVER_FLAGS)
         try:
             server.wait_serving()
-            target = server.target
             measured = {
-                label: (png, *paired(pipeline, target, png, args.runs)) for label, png in images.items()
+                label: (png, *paired(pipeline, server.target, png, args.runs))
+                for label, png in images.items()
             }
-            loads = {c: throughput(target, images["canvas"], c, args.duration) for c in (1, 4, 8)}
         finally:
             server.terminate()
-    text = report(args, model, measured, loads)
+        loads = side_by_side(repository, workdir, images["canvas"], (1, 4, 8, 16), args.duration)
+        threads = thread_sweep(repository, workdir, images["canvas"], args.duration)
+    text = report(args, model, measured, paths, loads, floor, threads)
     pathlib.Path(args.output).write_text(text)
     print(text)
 
