@@ -163,6 +163,9 @@ def errors(protocol: str, target: str, image_path: str) -> dict[str, dict[str, s
             lambda: client.infer(MODEL, [image], outputs=[module.InferRequestedOutput("logits")])
         ),
         "corrupt_image": _error(lambda: client.infer(MODEL, [_input(module, "image", __file__)])),
+        # infer(timeout=) sends the parameter timeout, in microseconds: the call's deadline here
+        "late": _error(lambda: client.infer(MODEL, [image], timeout=1)),
+        "in_time": _error(lambda: client.infer(MODEL, [image], timeout=60_000_000)),
         "metadata_unknown_model": _error(lambda: client.get_model_metadata("no-such-model")),
         "metadata_unknown_version": _error(lambda: client.get_model_metadata(MODEL, "9")),
     }
