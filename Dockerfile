@@ -80,6 +80,7 @@ COPY models/ /opt/ats/models/
 # Kubernetes' gRPC probes whatever TLS the gRPC port speaks (neither can
 # present certificates); it serves grpc.health.v1 and nothing else.
 ENV ATS_MODEL_REPOSITORY=/opt/ats/models \
+    ATS_DEFAULT_MODEL=megapixel-digits \
     ATS_HOST=0.0.0.0 \
     ATS_PORT=8500 \
     ATS_HTTP_PORT=8501 \

@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 MiB = 1 << 20
+# The shipped models/ holds a one-level and a two-level model; requests that
+# name none get this one.
+SHIPPED_DEFAULT_MODEL = "megapixel-digits"
 
 
 def default_model_repository() -> pathlib.Path:
@@ -48,7 +51,9 @@ class Config:
         "(default: the shipped models/)",
     )
     default_model: str = _setting(
-        "", "model served when a request names none (default: the only model, if there is one)"
+        "",
+        "model served when a request names none (default: the only model, if there is one; "
+        f"{SHIPPED_DEFAULT_MODEL} for the shipped models/)",
     )
     host: str = _setting(
         "127.0.0.1",
@@ -153,6 +158,13 @@ class Config:
 
     def resolved_repository(self) -> pathlib.Path:
         return pathlib.Path(self.model_repository) if self.model_repository else default_model_repository()
+
+    def resolved_default_model(self) -> str:
+        """The default model: the configured one, else the shipped repository's
+        (it holds two models), else "" (the registry's only-model rule)."""
+        if self.default_model or self.model_repository:
+            return self.default_model
+        return SHIPPED_DEFAULT_MODEL
 
     def restricted_groups(self) -> frozenset[AuthGroup]:
         """The groups that need a token (none without --auth-tokens-file)."""

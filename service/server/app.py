@@ -162,7 +162,7 @@ class Server:
         self.memory = MemoryBudget(config.memory_budget_bytes)
         self.models = ModelRegistry(
             config.resolved_repository(),
-            config.default_model,
+            config.resolved_default_model(),
             functools.partial(warm_up, max_image_pixels=config.max_image_pixels),
             listeners=[self._on_model_change],
         )

@@ -18,7 +18,8 @@ def test_default_repository_serves_the_shipped_model(start_server):
 
     repository = default_model_repository()
     assert (repository / "megapixel-digits" / "1" / "saved_model.pb").is_file()
-    server = start_server(None)  # no --model-repository: the default applies
+    server = start_server(None, wait=False)  # no --model-repository: the default applies
+    server.wait_serving(("megapixel-digits", "gigapixel-digits"))  # the shipped repository holds both
     correct = 0
     with AtsClient(server.target) as client:
         meta = client.metadata()
