@@ -20,13 +20,14 @@ import contextlib
 import contextvars
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk._configuration import _get_exporter_entry_point, _get_exporter_names, _import_exporters
@@ -124,6 +125,21 @@ def _recorded(tracer: trace.Tracer, name: str, attributes: dict[str, AttributeVa
         except BaseException as error:
             current.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
+
+
+@contextlib.contextmanager
+def continued(headers: Mapping[str, str]) -> Iterator[None]:
+    """Inside the block, the trace a request's W3C ``traceparent`` header
+    names is the current one (HTTP front ends; gRPC's interceptor does this
+    for gRPC calls); nothing while tracing is off."""
+    if _tracer is None:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def bind(fn: Callable[[], T]) -> Callable[[], T]:

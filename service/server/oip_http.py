@@ -30,6 +30,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
 from ats_api.oip.v2 import open_inference_pb2 as pb
+from service import tracing
 from service.config import AuthGroup, Config
 from service.dataplane import OIP_HTTP, DataPlane, Endpoint, PredictCall
 from service.errors import Code, InvalidInput, ServiceError, TooLarge, clip
@@ -339,7 +340,8 @@ class OpenInferenceHttp:
                 return oip_convert.predict_call(message, payload)
 
             deadline = oip_convert.Deadline(started, None, timeout)
-            served = await self._plane.predict(MODEL_INFER, read, deadline)
+            with tracing.continued(request.headers):
+                served = await self._plane.predict(MODEL_INFER, read, deadline)
             names = oip_convert.requested_outputs(message)
             # built raw, then laid out as JSON or binary data
             return infer_response(oip_convert.response(served, message, names, raw=True), binary)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.server
+import json
 import secrets
 import threading
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -184,6 +186,33 @@ def traced_predict(target: str, request: pb.PredictRequest) -> tuple[bytes, byte
     return trace_id, parent_id
 
 
+def traced_rest_infer(url: str) -> tuple[bytes, bytes]:
+    """An OIP REST infer with a fresh W3C traceparent header: (trace id, the caller's span id)."""
+    trace_id, parent_id = secrets.token_bytes(16), secrets.token_bytes(8)
+    pixels = random_image(64, 64, seed=4)
+    body = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "datatype": "UINT8",
+                "shape": list(pixels.shape),
+                "data": pixels.ravel().tolist(),
+            }
+        ]
+    }
+    request = urllib.request.Request(
+        f"{url}/v2/models/tiny/infer",
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "traceparent": f"00-{trace_id.hex()}-{parent_id.hex()}-01",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+    return trace_id, parent_id
+
+
 def attributes(span: Span) -> dict[str, object]:
     return {a.key: value(a) for a in span.attributes}
 
@@ -209,6 +238,7 @@ def test_a_served_prediction_continues_the_callers_trace(start_server, make_repo
         server.target, pb.PredictRequest(tile=pb.TileReference(path="slide-1234.png"), n_patches=5, seed=1)
     )
     traced_predict(silent.target, image)
+    rest_trace, rest_caller = traced_rest_infer(server.http_url)
     assert server.terminate() == 0 and silent.terminate() == 0  # the drain flushes
     assert receiver.of("ats-untraced") == []
 
@@ -242,6 +272,16 @@ def test_a_served_prediction_continues_the_callers_trace(start_server, make_repo
     assert len(spans) == 2 + len(STAGES) + len(queued) and len(queued) <= 1
     assert all(span.parent_span_id == predict.span_id for span in queued)
     assert not [span for span in receiver.of("ats-traced") if "Health" in span.name]
+
+    # an HTTP call's traceparent header is continued too (no gRPC span: the request span is its child)
+    [rest_predict] = [
+        span
+        for span in receiver.of("ats-traced")
+        if span.trace_id == rest_trace and span.name == "ats.predict"
+    ]
+    assert (
+        rest_predict.parent_span_id == rest_caller and attributes(rest_predict)["ats.protocol"] == "oip.http"
+    )
 
     tile_spans = [span for span in receiver.of("ats-traced") if span.trace_id == tile_trace]
     tile_stages = sorted((span for span in tile_spans if span.name.startswith("ats.stage.")), key=start)
