@@ -249,9 +249,7 @@ class DataPlane:
         def work() -> Prediction:
             with bound(budget, self._admission.queue_timeout):
                 try:
-                    return runner.run(
-                        model, payload, options, self.sources, budget.is_active, self._batcher
-                    )
+                    return runner.run(model, payload, options, self.sources, budget.is_active, self._batcher)
                 except ServiceError as err:
                     # The traceback's frames, and those of the library error
                     # it replaced (its context), hold what the stages had made
