@@ -12,13 +12,13 @@ softmax to equal mass on each digit's cell), in two resumable stages:
 1. ``coarse``: on coarse views (1/64) of training canvases. The objects look
    the same at every canvas size at a fixed scale, so one mid-size canvas
    (16k, a 256x256 view) teaches what a 100k view needs, except how much
-   mass the rest of a view may keep: trained on plain 16k views, the map
-   left 25% of its mass off the digits at 100k (15% on the 500 strokes, 8%
-   on 2.4 million empty cells). So the training canvases carry the stroke
-   count of a 100k canvas (``coarse_noise``), and the softmax of this stage
-   also counts the empty cells of a larger canvas (``coarse_virtual_side``:
-   one logit, the network's on an empty input, plus the log of their
-   number, at no extra cost). An input gain (``COARSE_GAIN``) lifts the
+   mass the rest of a view may keep: trained on 16k views as they are, the
+   map left 20-35% of its mass off the digits at 100k (in one check 15% on
+   the 500 strokes, 8% on the 2.4 million empty cells). So the training
+   canvases carry the stroke count of a 100k canvas (``coarse_noise``), and
+   the softmax of this stage also counts the empty cells of a larger canvas
+   (``coarse_virtual_side``: one logit, the network's on an empty input,
+   plus the log of their number, at no extra cost). An input gain (``COARSE_GAIN``) lifts the
    faint marks into the range of the tanh layers;
 2. ``fine``: on 256x256 views of 2048-px regions centred near a digit
    (jittered by up to a coarse cell and a half, as the coarse map places
