@@ -3,77 +3,26 @@ is gone (checked between stages: a stage itself is not interruptible)."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
-from model_ops.sampling import Mode
 from service import tracing
 from service.batching import Batcher
-from service.errors import Cancelled
 from service.models.servable import ServableModel
-from service.pipeline import aggregate, attention, extract, features, head, lowres, sampling
+from service.pipeline import aggregate, attention, extract, features, head, lowres, sampling, two_level
 from service.pipeline.fused import STAGES as FUSED_STAGES
 from service.pipeline.fused import fused_graph
 from service.pipeline.payload import Payload
+from service.pipeline.prediction import Prediction, PredictOptions, Stages
 from service.pipeline.sources import ImageSource, InMemorySource, SourceRegistry
 
 STAGES = ("decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head")
 # Where a fused prediction checks its caller is still there: the graph runs as a whole.
 FUSED_CHECKS = ("decode", "graph")
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-    n_patches: int = 0  # 0: the model's default
-    seed: int | None = None  # None: drawn per request (and reported)
-    mode: Mode = "sample"
-    include_crops: bool = False
-    # two-level models only (service/pipeline/two_level.py)
-    n_regions: int = 0  # 0: the model's default
-    tissue_mask: str = "off"  # "off" or "otsu": zero coarse attention on background cells
-    include_coarse_view: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    probabilities: np.ndarray  # (K,)
-    attention: np.ndarray  # (Sh, Sw)
-    cells: np.ndarray  # (N, 2) int
-    offsets: np.ndarray  # (N, 2) top-left (y, x) in full-resolution pixels
-    patch_probabilities: np.ndarray  # (N,)
-    crops: np.ndarray | None  # (N, ph, pw, C) uint8 when asked for
-    image_shape: tuple[int, int, int]
-    cell_step: tuple[float, float]  # full-resolution size of one attention cell (y, x)
-    cell_origin: tuple[float, float]  # full-resolution start of cell (0, 0)
-    seed: int
-    timings: dict[str, float]  # seconds per stage, "queue" when batched, and "total"
-
-
-class _Stages:
-    """Times each stage and checks the caller is still there before it starts."""
-
-    def __init__(self, is_active: Callable[[], bool]) -> None:
-        self.is_active = is_active
-        self.timings: dict[str, float] = {}
-
-    def check(self, name: str) -> None:
-        if not self.is_active():
-            raise Cancelled(f"caller gone before stage {name}")
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self.check(name)
-        start = time.perf_counter()
-        with tracing.span(f"ats.stage.{name}"):
-            yield
-        self.timings[name] = time.perf_counter() - start
 
 
 def run(
@@ -94,12 +43,10 @@ def run(
     started = time.perf_counter()
     n_patches = sampling.check_n_patches(options.n_patches, spec)
     seed = options.seed if options.seed is not None else secrets.randbits(31)
-    stages = _Stages(is_active)
+    stages = Stages(is_active)
     with stages.stage("decode"):
         source = sources.open(payload, spec.channels)
     if spec.two_level is not None:
-        from service.pipeline import two_level  # it builds on this module's records
-
         prediction: Prediction = two_level.run(model, source, options, n_patches, seed, stages)
     elif isinstance(source, InMemorySource):
         prediction = _run_fused(model, source, options, n_patches, seed, stages, batcher)
@@ -115,7 +62,7 @@ def _run_fused(
     options: PredictOptions,
     n_patches: int,
     seed: int,
-    stages: _Stages,
+    stages: Stages,
     batcher: Batcher | None,
 ) -> Prediction:
     low_shape = lowres.low_shape(source, model.spec)
@@ -158,7 +105,7 @@ def _run_staged(
     options: PredictOptions,
     n_patches: int,
     seed: int,
-    stages: _Stages,
+    stages: Stages,
 ) -> Prediction:
     spec = model.spec
     high_shape = source.shape[:2]

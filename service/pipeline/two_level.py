@@ -29,7 +29,7 @@ from model_ops.two_level import aggregate_two_level, sample_patches_in_regions
 from service.errors import InvalidInput
 from service.models.servable import ServableModel
 from service.pipeline import extract, features, head, lowres, sampling
-from service.pipeline.runner import Prediction, PredictOptions, _Stages
+from service.pipeline.prediction import Prediction, PredictOptions, Stages
 from service.pipeline.sources import ImageSource
 
 STAGES = (
@@ -107,7 +107,7 @@ def run(
     options: PredictOptions,
     n_patches: int,
     seed: int,
-    stages: _Stages,
+    stages: Stages,
 ) -> TwoLevelPrediction:
     """One image through both levels; ``n_patches`` is per region, already checked."""
     spec = model.spec
