@@ -178,3 +178,26 @@ def test_sampling_from_a_masked_map_never_picks_background(replace):
     picked = np.concatenate(picked)
     assert mask[picked[:, 0], picked[:, 1]].all()
     assert len({tuple(cell) for cell in picked}) == mask.sum()  # every tissue cell is reachable
+
+
+@pytest.mark.parametrize(
+    ("shape", "receptive_field", "min_fraction"),
+    [((97, 101), 0, 0.0), ((50, 40), 6, 0.3), ((7, 9), (2, 5), 0.9)],
+)
+def test_cell_mask_counts_each_cell_as_a_loop_over_its_pixels_would(shape, receptive_field, min_fraction):
+    """The summed-area table gives every cell's tissue fraction exactly."""
+    mask = np.random.default_rng(3).random((211, 233)) > 0.6
+    fields = np.broadcast_to(np.asarray(receptive_field, np.float64), (2,))
+    expected = np.zeros(shape, bool)
+    steps = [(size - field) / cells for size, cells, field in zip(mask.shape, shape, fields, strict=True)]
+    for row in range(shape[0]):
+        for col in range(shape[1]):
+            box = []
+            for axis, index in ((0, row), (1, col)):
+                start = int(np.floor(fields[axis] / 2 + index * steps[axis]))
+                end = max(int(np.ceil(fields[axis] / 2 + (index + 1) * steps[axis])), start + 1)
+                box.append(
+                    slice(min(max(start, 0), mask.shape[axis] - 1), min(max(end, 1), mask.shape[axis]))
+                )
+            expected[row, col] = mask[tuple(box)].mean() > min_fraction
+    np.testing.assert_array_equal(cell_mask(mask, shape, receptive_field, min_fraction), expected)
