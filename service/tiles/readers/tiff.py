@@ -1,10 +1,13 @@
 """Pyramidal tiled TIFF, BigTIFF and OME-TIFF through tifffile, tile by tile.
 
-tifffile parses the structure (IFDs, SubIFD or OME pyramids, tile offsets);
-the tiles themselves are read here with ``pread`` at their offsets and
-decoded with the page's own decoder, so exactly the bytes of the tiles a
-region touches are read, counted, and nothing else. Striped (untiled) TIFFs
-work too, a strip being a tile as wide as the image, within a size bound.
+tifffile parses the structure (IFDs, SubIFD or OME pyramids); the tiles
+themselves are read here with ``pread`` and decoded with the page's own
+decoder. A level's tile index (its offset and byte-count arrays, up to 16
+bytes a tile: megabytes for a gigapixel level) is not read when the file
+is opened but one entry at a time, when a tile is loaded, so the bytes read
+are the structure, the index entries and the tiles a region touches, all
+counted. Striped (untiled) TIFFs work too, a strip being a tile as wide as
+the image, within a size bound.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import dataclasses
 import math
 import struct
 import xml.etree.ElementTree as ElementTree
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
@@ -26,13 +29,21 @@ from service.tiles.readers.base import LevelGrid, Mpp, Reader, unreadable_is_inv
 from service.tiles.readers.files import CountingFile, pread_exact
 from service.tiles.stats import Recorder
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 # A strip or tile decoded (or stored) larger than this is refused: one segment must not cost a whole image.
 MAX_SEGMENT_BYTES = 64 << 20
 # IFDs (pages and SubIFDs) in one file: a servable image has a handful (levels, label, macro).
 MAX_PAGES = 1024
 _MAX_TAGS = 4096  # tifffile's own bound on the entries of one IFD
-_SUBIFDS = 330
-_OFFSET_TYPES = {4: "I", 13: "I", 16: "Q", 18: "Q"}  # LONG, IFD, LONG8, IFD8
+_COMPRESSION, _SUBIFDS = 259, 330
+# A page's segment offsets and byte counts: tifffile takes the tile tags where both are present.
+_SEGMENT_OFFSETS, _SEGMENT_BYTE_COUNTS = (324, 273), (325, 279)
+_KEPT_TAGS = frozenset({_COMPRESSION, *_SEGMENT_OFFSETS, *_SEGMENT_BYTE_COUNTS})
+_INTEGER_TYPES = {3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}  # SHORT, LONG, IFD, LONG8, IFD8
+_OFFSET_TYPES = frozenset({4, 13, 16, 18})  # what SubIFDs may be
+_INDEX_TYPES = frozenset({3, 4, 16})  # what segment offsets and byte counts may be
 # What tifffile raises while it parses a malformed file: it takes tag values as
 # they come (a size may be a tuple, a divisor zero), so fuzzing meets all of these.
 # Only tifffile's own calls are guarded with them; the checks here are not.
@@ -94,21 +105,23 @@ def _tag_mpp(page: tifffile.TiffPage) -> Mpp | None:
     return (sizes[0], sizes[1]) if len(sizes) == 2 and sizes[0] and sizes[1] else None
 
 
-def _check_ifds(file: CountingFile) -> None:
+def _check_ifds(file: CountingFile) -> dict[int, dict[int, _Entry]]:
     """Refuse a TIFF whose chain of pages loops, or whose pages and SubIFDs,
     counted the way tifffile walks them, exceed ``MAX_PAGES``, before tifffile
     parses it: it follows a page chain that points back at itself for ever,
     and parses a SubIFD again for every path that leads to it (a few
-    kilobytes can hold millions of paths, or a cycle)."""
+    kilobytes can hold millions of paths, or a cycle). Returns the entries of
+    ``_KEPT_TAGS`` of every IFD walked, by the IFD's offset."""
     file.seek(0)
     head = file.read(16)
     order = "<" if head[:2] == b"II" else ">"
     big = head[2:4] in (b"+\0", b"\0+")
     if len(head) < (16 if big else 8):
-        return  # too short to point at a first IFD: tifffile refuses it
+        return {}  # too short to point at a first IFD: tifffile refuses it
     layout = _IfdLayout(order, big)
     (page,) = struct.unpack_from(order + layout.offset_format, head, 8 if big else 4)
     pages: set[int] = set()
+    ifds: dict[int, dict[int, _Entry]] = {}
     visits = 0
     while page > 0:
         if page in pages:
@@ -124,12 +137,60 @@ def _check_ifds(file: CountingFile) -> None:
             offset = pending.pop()
             ifd = layout.read(file, offset)
             if ifd is None and offset == page:
-                return  # malformed page: tifffile refuses it and stops the chain there
+                return ifds  # malformed page: tifffile refuses it and stops the chain there
             if ifd is not None:
-                link, below = ifd
+                link, below, ifds[offset] = ifd
                 following = link if offset == page else following
                 pending.extend(below)
         page = following
+    return ifds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One IFD entry as stored: its TIFF type and count, and its value field,
+    which holds the values where they fit and their offset in the file where
+    they do not. Its values are read only if of one of ``_INTEGER_TYPES``."""
+
+    order: str
+    kind: int
+    count: int
+    field: bytes
+
+    @property
+    def item_size(self) -> int:
+        return struct.calcsize(self.order + _INTEGER_TYPES[self.kind])
+
+    @property
+    def size(self) -> int:
+        return self.count * self.item_size
+
+    @property
+    def at(self) -> int | None:
+        """Where the values lie in the file; None where they fit in the field."""
+        if self.size <= len(self.field):
+            return None
+        (at,) = struct.unpack(self.order + ("I" if len(self.field) == 4 else "Q"), self.field)
+        return int(at)
+
+    def values(self, file: CountingFile) -> tuple[int, ...]:
+        """All its values; () where they lie (partly) beyond the file."""
+        at, data = self.at, self.field
+        if at is not None:
+            file.seek(at)
+            data = file.read(self.size)
+        if len(data) < self.size:
+            return ()
+        return struct.unpack_from(f"{self.order}{self.count}{_INTEGER_TYPES[self.kind]}", data)
+
+    def value(self, file: ConfinedFile, index: int) -> tuple[int, int]:
+        """(value ``index``, bytes read for it): one ``pread`` where the values lie outside the IFD."""
+        at = self.at
+        data = self.field if at is None else pread_exact(file, self.item_size, at + index * self.item_size)
+        (value,) = struct.unpack_from(
+            self.order + _INTEGER_TYPES[self.kind], data, 0 if at is not None else index * self.item_size
+        )
+        return int(value), 0 if at is None else len(data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +204,9 @@ class _IfdLayout:
     def offset_format(self) -> str:
         return "Q" if self.big else "I"
 
-    def read(self, file: CountingFile, offset: int) -> tuple[int, list[int]] | None:
-        """(offset of the next IFD, offsets of its SubIFDs) of the IFD at ``offset``, or None if malformed."""
+    def read(self, file: CountingFile, offset: int) -> tuple[int, list[int], dict[int, _Entry]] | None:
+        """(offset of the next IFD, offsets of its SubIFDs, its first entry of each of
+        ``_KEPT_TAGS``) of the IFD at ``offset``, or None if malformed."""
         count_format, entry_format = ("Q", "HHQ8s") if self.big else ("H", "HHI4s")
         count_size = struct.calcsize(self.order + count_format)
         entry_size = struct.calcsize(self.order + entry_format)
@@ -159,25 +221,57 @@ class _IfdLayout:
         if len(data) < count * entry_size + link_size:
             return None
         below: list[int] = []
+        kept: dict[int, _Entry] = {}
         for tag, kind, number, value in struct.iter_unpack(self.order + entry_format, data[:-link_size]):
             if tag == _SUBIFDS and kind in _OFFSET_TYPES and 0 < number <= MAX_PAGES:
-                below.extend(_offsets(file, self.order, _OFFSET_TYPES[kind], number, value))
+                below.extend(_Entry(self.order, kind, number, value).values(file))
+            elif tag in _KEPT_TAGS and tag not in kept:
+                kept[tag] = _Entry(self.order, kind, number, value)
         (link,) = struct.unpack(self.order + self.offset_format, data[-link_size:])
-        return link, below
+        return link, below, kept
 
 
-def _offsets(file: CountingFile, order: str, kind: str, number: int, value: bytes) -> tuple[int, ...]:
-    """The ``number`` offsets of an IFD entry: in its value field if they fit, else where it points."""
-    size = number * struct.calcsize(order + kind)
-    if size > len(value):
-        (at,) = struct.unpack(order + ("I" if len(value) == 4 else "Q"), value)
-        position = file.tell()
-        file.seek(at)
-        value = file.read(size)
-        file.seek(position)
-        if len(value) < size:
-            return ()
-    return struct.unpack_from(f"{order}{number}{kind}", value)
+def _unread_arrays(ifds: dict[int, dict[int, _Entry]], file: CountingFile) -> dict[int, tuple[int, int]]:
+    """The segment offset and byte-count arrays tifffile is to parse without reading, by
+    offset: (their bytes, the bytes of their first value). tifffile loads them whole
+    with their page, yet of a compressed page's arrays it uses only the first values
+    (whether the first tile is JFIF); an uncompressed page's arrays, every value of
+    which tells tifffile whether its data is contiguous, are left to it."""
+    unread: dict[int, tuple[int, int]] = {}
+    for entries in ifds.values():
+        compression = entries.get(_COMPRESSION)
+        if (
+            compression is None
+            or compression.kind not in _INTEGER_TYPES
+            or compression.values(file) in ((), (1,))
+        ):
+            continue
+        for tag in (*_SEGMENT_OFFSETS, *_SEGMENT_BYTE_COUNTS):
+            entry = entries.get(tag)
+            at = entry.at if entry is not None and entry.kind in _INDEX_TYPES else None
+            if entry is not None and at is not None and at + entry.size <= file.size:
+                unread[at] = (entry.size, entry.item_size)
+    return unread
+
+
+class _ParsedFile(CountingFile):
+    """The file as tifffile parses it: an array of ``unread`` (offset: its bytes, the
+    bytes of its first value) is read as its first value followed by zeros, the
+    rest neither read nor counted; ``_SegmentIndex`` reads the entries tiles need."""
+
+    def __init__(self, fd: int, size: int, recorder: Recorder | None) -> None:
+        super().__init__(fd, size, recorder)
+        self.unread: dict[int, tuple[int, int]] = {}
+
+    def readinto(self, buffer: Buffer) -> int:
+        start, view = self.tell(), memoryview(buffer).cast("B")
+        size, first = self.unread.get(start, (-1, 0))
+        if len(view) != size:
+            return super().readinto(view)
+        view[first:] = bytes(size - first)
+        super().readinto(view[:first])
+        self.seek(start + size)
+        return size
 
 
 def _tag_int(value: object) -> int | None:
@@ -263,14 +357,53 @@ def _grid(page: _Page) -> LevelGrid:
     return grid
 
 
-def _parse(file: CountingFile) -> tifffile.TiffFile:
+def _parse(file: _ParsedFile) -> tuple[tifffile.TiffFile, dict[int, dict[int, _Entry]]]:
+    """tifffile's parse of ``file``, its segment arrays left unread, and the kept entries of its IFDs."""
     with unreadable_is_invalid("not a readable TIFF", _TIFFFILE_ERRORS):
-        _check_ifds(file)
+        ifds = _check_ifds(file)
+        file.unread = _unread_arrays(ifds, file)
         file.seek(0)  # tifffile takes the position it is handed as the start of the file
         # tifffile reads any binary file object; its annotation asks for IO[bytes]
         tif = tifffile.TiffFile(file)  # type: ignore[arg-type]
         tif.series  # noqa: B018  (parsed now, inside the guard)
-    return tif
+    return tif, ifds
+
+
+@dataclasses.dataclass(frozen=True)
+class _SegmentIndex:
+    """Where a level's tiles (or strips) lie and how many bytes each takes, read
+    entry by entry as tiles are loaded: two small reads a tile, instead of the
+    whole arrays (up to 16 bytes a tile) when the file is opened."""
+
+    offsets: _Entry
+    byte_counts: _Entry
+
+    @classmethod
+    def of(cls, entries: dict[int, _Entry], segments: int, file_size: int, level: int) -> _SegmentIndex:
+        """The index of a level of ``segments`` segments from its IFD's ``entries``, refused
+        unless both arrays are of an integer type, hold as many values and lie within the file."""
+        arrays = []
+        for tags, what in ((_SEGMENT_OFFSETS, "offsets"), (_SEGMENT_BYTE_COUNTS, "byte counts")):
+            entry = next((entries[tag] for tag in tags if tag in entries), None)
+            if entry is None or entry.kind not in _INDEX_TYPES or entry.count < segments:
+                raise InvalidInput(
+                    f"corrupt TIFF: level {level}'s segment {what} are not {segments} integers", field=FIELD
+                )
+            at = entry.at
+            if at is not None and at + entry.size > file_size:
+                raise InvalidInput(
+                    f"corrupt TIFF: level {level}'s segment {what} ({entry.size} bytes at {at}) "
+                    f"lie beyond its {file_size} bytes",
+                    field=FIELD,
+                )
+            arrays.append(entry)
+        return cls(*arrays)
+
+    def segment(self, file: ConfinedFile, index: int) -> tuple[int, int, int]:
+        """(offset, byte count, bytes read to learn them) of segment ``index``."""
+        offset, offset_read = self.offsets.value(file, index)
+        count, count_read = self.byte_counts.value(file, index)
+        return offset, count, offset_read + count_read
 
 
 def check_segments(file: ConfinedFile, recorder: Recorder) -> None:
@@ -279,7 +412,7 @@ def check_segments(file: ConfinedFile, recorder: Recorder) -> None:
     OpenSlide sizes its buffers from them and aborts the whole process when
     an allocation fails. NDPI strips are exempt (OpenSlide cuts them at the
     JPEG restart markers, and a level is one strip)."""
-    with _parse(CountingFile(file.fd, file.size, recorder)) as tif:
+    with _parse(_ParsedFile(file.fd, file.size, recorder))[0] as tif:
         with unreadable_is_invalid("not a readable slide", _TIFFFILE_ERRORS):
             pages, ndpi = [_Page.of(page) for page in tif.pages], tif.is_ndpi
         for page in pages:
@@ -291,8 +424,8 @@ class TiffReader(Reader):
     format_name = "TIFF"
 
     def __init__(self, file: ConfinedFile, cache: TileCache, recorder: Recorder) -> None:
-        self._file = CountingFile(file.fd, file.size, recorder)
-        self._tif = _parse(self._file)
+        self._file = _ParsedFile(file.fd, file.size, recorder)
+        self._tif, ifds = _parse(self._file)
         try:
             with unreadable_is_invalid("not a readable TIFF", _TIFFFILE_ERRORS):
                 levels = self._tif.series[0].levels
@@ -308,6 +441,10 @@ class TiffReader(Reader):
             for index, (page, count) in enumerate(zip(pages, planes, strict=True)):
                 _servable(page, count, index)
             grids = [_grid(page) for page in pages]  # sizes checked before tifffile divides by them
+            self._indexes = [
+                _SegmentIndex.of(ifds.get(page.page.offset, {}), page.offsets, file.size, index)
+                for index, page in enumerate(pages)
+            ]
             self._pages = [page.page for page in pages]
             self._announced_size = [frames.CHECKED.get(page.compression or 0) for page in pages]
             with unreadable_is_invalid("not a readable TIFF", _TIFFFILE_ERRORS):
@@ -332,7 +469,8 @@ class TiffReader(Reader):
         page, grid = self._pages[level], self.grids[level]
         index = row * -(-grid.width // grid.tile_width) + col
         height, width = grid.tile_shape(row, col)
-        count, offset = int(page.databytecounts[index]), int(page.dataoffsets[index])
+        offset, count, index_read = self._indexes[level].segment(self.file, index)
+        recorder.record(bytes_read=index_read)
         if count == 0:  # sparse file: a tile never written is empty
             return np.zeros((height, width, self.native_channels), np.uint8)
         if count > MAX_SEGMENT_BYTES:
