@@ -157,8 +157,8 @@ def correct_on_exact_views(size: int, count: int, model: pathlib.Path) -> int:
 
 
 def opening_bytes(path: pathlib.Path) -> int:
-    """Bytes the server's reader takes to open the file (its structure: for a TIFF, every
-    level's tile index), measured in this process with the same reader."""
+    """Bytes the server's reader takes to open the file (its structure: IFDs and tags;
+    a tile's index entries are read with the tile), measured in this process with the same reader."""
     from service.pipeline.payload import TileRef
     from service.pipeline.sources import SourceLimits
     from service.tiles import TileOpener
@@ -265,7 +265,8 @@ def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
         "returned) after a first, cold request (seed 0) that opens the file. Cold bytes: the server's "
         "`ats_tile_bytes_read_total` increment over that first request (file structure, the coarse level, "
         "K region views, K x N patches) over the file's size; the structure part is what the same reader "
-        "reads to open the file (for a TIFF, every level's tile index: 16 bytes a tile in BigTIFF). "
+        "reads to open the file (for a TIFF, its IFDs and tags; each tile's two index entries are read "
+        "with the tile). "
         "Peak memory: the server's VmHWM (peak "
         "resident set, TensorFlow included) after every request of that size. Sliding window: every level-0 "
         f"tile decoded by the server's reader and every 50x50 window through the model's feature network "
