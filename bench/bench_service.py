@@ -135,7 +135,7 @@ def in_process_paths(servable, sources, count: int) -> tuple[list[float], list[f
     n_patches = tf.constant(servable.spec.n_patches, tf.int32)
     server, fused = [], []
     for index in range(count):
-        pixels = canvas(index, split="val")[..., None]
+        pixels = canvas(1000 + index)[..., None]
         payload = RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
         image = tf.constant(pixels)
         for timings in (None, (server, fused)):
@@ -257,7 +257,12 @@ def baseline_checkout(workdir: pathlib.Path) -> Iterator[pathlib.Path]:
 
 
 def side_by_side(
-    repository: pathlib.Path, workdir: pathlib.Path, png: bytes, levels: tuple[int, ...], duration: float
+    repository: pathlib.Path,
+    workdir: pathlib.Path,
+    png: bytes,
+    levels: tuple[int, ...],
+    duration: float,
+    flags: tuple[str, ...],
 ) -> dict[str, dict[int, Load]]:
     """Every variant at every level, the variants interleaved level by level so
     that the machine's other jobs spread over all of them."""
@@ -267,11 +272,11 @@ def side_by_side(
             name: ServerProcess(
                 repository,
                 workdir / f"server-{i}.log",
-                *SERVER_FLAGS,
                 *flags,
+                *variant,
                 cwd=baseline if i == 0 else ROOT,
             )
-            for i, (name, flags) in enumerate(VARIANTS.items())
+            for i, (name, variant) in enumerate(VARIANTS.items())
         }
         try:
             for server in servers.values():
@@ -293,14 +298,16 @@ def measured_load(server: ServerProcess, png: bytes, clients: int, duration: flo
     return Load(rate, latencies, cpu / (len(latencies) + clients))
 
 
-def thread_sweep(repository: pathlib.Path, workdir: pathlib.Path, png: bytes, duration: float) -> dict:
+def thread_sweep(
+    repository: pathlib.Path, workdir: pathlib.Path, png: bytes, duration: float, flags: tuple[str, ...]
+) -> dict:
     """Throughput at 8 clients with batching on, per TensorFlow thread setting."""
     results = {}
     for intra, inter in THREAD_SETTINGS:
         server = ServerProcess(
             repository,
             workdir / f"threads-{intra}-{inter}.log",
-            *SERVER_FLAGS,
+            *flags,
             "--intra-op-threads",
             str(intra),
             "--inter-op-threads",
@@ -382,9 +389,9 @@ def report(
         "",
         "## In-process path against the fused signature",
         "",
-        f"{len(server)} fresh canvases (validation split), each run once unmeasured, then the server's "
-        "path (`runner.run` on a raw tensor, probabilities out) and the model's `predict_image` "
-        "signature alternately.",
+        f"{len(server)} fresh test-split canvases (not the reference one), each run once unmeasured, "
+        "then the server's path (`runner.run` on a raw tensor, probabilities out) and the model's "
+        "`predict_image` signature alternately.",
         "",
         "| path | p50 (ms) | ratio |",
         "| --- | ---: | ---: |",
@@ -478,7 +485,8 @@ def main() -> None:
         pipeline = load_pipeline(servable, sources)
         paths = in_process_paths(servable, sources, args.canvases)
         floor = floor_cpu(servable, images["canvas"], args.runs)
-        server = ServerProcess(repository, workdir / "server.log", *SERVER_FLAGS)
+        flags = (*SERVER_FLAGS, "--default-model", name)  # the shipped repository holds two models
+        server = ServerProcess(repository, workdir / "server.log", *flags)
         try:
             server.wait_serving()
             measured = {
@@ -487,8 +495,8 @@ def main() -> None:
             }
         finally:
             server.terminate()
-        loads = side_by_side(repository, workdir, images["canvas"], (1, 4, 8, 16), args.duration)
-        threads = thread_sweep(repository, workdir, images["canvas"], args.duration)
+        loads = side_by_side(repository, workdir, images["canvas"], (1, 4, 8, 16), args.duration, flags)
+        threads = thread_sweep(repository, workdir, images["canvas"], args.duration, flags)
     text = report(args, model, measured, paths, loads, floor, threads)
     pathlib.Path(args.output).write_text(text)
     print(text)

@@ -100,9 +100,9 @@ class Config:
     )
     queue_timeout: float = _setting(2.0, "seconds a prediction waits for a free slot")
     batch_max_size: int = _setting(
-        8,
+        0,
         "decoded images that may share one graph call (attention, features and head batched across "
-        "requests); 0 turns batching off",
+        "requests); 0: no batching (on 2 CPU cores it measured no gain: bench/results/service.md)",
     )
     batch_timeout_us: int = _setting(
         0,

@@ -16,19 +16,8 @@ from ats_api.v1 import attention_sampling_pb2 as pb
 from ats_client import AtsClient
 from tests.support import encode_image, metric, random_image, scrape
 
-# A decoded image waits in the batch queue (batching is on by default), then runs the fused graph.
-STAGES = [
-    "decode",
-    "queue",
-    "lowres",
-    "attention",
-    "sampling",
-    "extract",
-    "features",
-    "aggregate",
-    "head",
-    "total",
-]
+# A decoded image runs the fused graph (batching is off by default: no queue stage).
+STAGES = ["decode", "lowres", "attention", "sampling", "extract", "features", "aggregate", "head", "total"]
 
 
 @pytest.fixture(scope="module")
