@@ -4,6 +4,7 @@ full-resolution patches."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -46,7 +47,9 @@ def refusal(error: tf.errors.InvalidArgumentError, n_patches: int) -> Exception:
     """The client's error in a failed graph's assertion (the graph draws
     without knowing the map's size beforehand), or the failure itself."""
     if "n_patches exceeds the number of attention cells" in error.message:
-        return _too_many(n_patches, "the attention cells")
+        # the assertion's message carries its operands: "[y (...) = ] [cells]"
+        cells = re.search(r"\[y \([^)]*\) = \] \[(\d+)\]", error.message)
+        return _too_many(n_patches, f"the {cells[1]} attention cells" if cells else "the attention cells")
     return error
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from model_ops.datasets.batches import CanvasBatches
 from model_ops.datasets.megapixel_digits import CanvasSpec
-from model_ops.training.cli import _recipe
+from model_ops.training.cli import TRAINERS, _recipe
 from model_ops.training.recipe import FreshCanvases, Recipe, cosine_decay
 from model_ops.training.run_dir import RunDir
 
@@ -58,7 +58,7 @@ def _saved_run(tmp_path, recipe: Recipe, done: list[str]) -> RunDir:
 def test_resume_may_change_unfinished_stages(tmp_path):
     """A longer fine-tune can reuse a run whose pretraining stages are finished."""
     run = _saved_run(tmp_path, dataclasses.replace(Recipe(), finetune_epochs=4), ["features", "attention"])
-    assert _recipe(_args(), run) == Recipe()
+    assert _recipe(_args(), run, Recipe, TRAINERS) == Recipe()
     assert json.loads((run.root / "recipe.json").read_text())["finetune_epochs"] == Recipe().finetune_epochs
 
 
@@ -66,4 +66,4 @@ def test_resume_may_change_unfinished_stages(tmp_path):
 def test_resume_refuses_to_change_finished_stages(tmp_path, change):
     run = _saved_run(tmp_path, dataclasses.replace(Recipe(), **change), ["features", "attention"])
     with pytest.raises(SystemExit, match=r"features|attention"):
-        _recipe(_args(), run)
+        _recipe(_args(), run, Recipe, TRAINERS)

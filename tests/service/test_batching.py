@@ -151,7 +151,7 @@ def test_each_request_of_a_failed_batch_gets_the_failure(servable):
     batcher = Batcher(BatchSettings(max_size=8, timeout=0.2, threads=1), recorder)
     image = random_image(32, 32)  # a 4x4 map: 16 cells
     try:
-        with pytest.raises(InvalidInput, match="n_patches=20 exceeds the attention cells"):
+        with pytest.raises(InvalidInput, match="n_patches=20 exceeds the 16 attention cells"):
             predict_together(servable, batcher, [image, image], [1, 2], n_patches=20)
         ok = predict_together(servable, batcher, [image], [1])
     finally:
