@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from model_ops.datasets.gigapixel_digits import LayoutImage, gigapixel_spec
 from model_ops.datasets.megapixel_digits import make_layout
 from model_ops.export import ModelMetadata
-from model_ops.training.plots import _heat
+from model_ops.training.plots import heat, save_rows
 from model_ops.two_level_pipeline import TwoLevelNetworks, TwoLevelResult, read_region_views, run_two_level
 
 PANEL = 360
@@ -76,7 +76,7 @@ def two_level_row(
     coarse = image.low_view(metadata.low_shape(height, width))[..., 0]
     bright = np.clip(coarse.astype(np.int32) * COARSE_BRIGHTEN, 0, 255).astype(np.uint8)
     coarse_map = result.coarse_attention[0].numpy()
-    panels = [_panel(_max_pool(bright, PANEL)), _panel(_heat(_max_pool(coarse_map, PANEL)), rgb=True)]
+    panels = [_panel(_max_pool(bright, PANEL)), _panel(heat(_max_pool(coarse_map, PANEL)), rgb=True)]
     regions = result.region_offsets[0].numpy()
     for panel in panels:
         _boxes(panel, regions, spec.region_size, PANEL / width, (0, 200, 255))
@@ -84,7 +84,7 @@ def two_level_row(
     view = read_region_views(image, regions[top : top + 1], spec.region_size, spec.fine_view_shape())[
         0, ..., 0
     ]
-    fine = [_panel(view), _panel(_heat(result.fine_attention[0, top].numpy()), rgb=True)]
+    fine = [_panel(view), _panel(heat(result.fine_attention[0, top].numpy()), rgb=True)]
     inside = result.patch_offsets[0, top].numpy() - regions[top]
     for panel in fine:
         _boxes(panel, inside, metadata.patch_size, PANEL / spec.region_size[1], (0, 255, 0))
@@ -115,9 +115,4 @@ def draw_two_level(nets, metadata: ModelMetadata, seed: int, png_path: str | os.
             f"first patch of the {STRIP} top regions"
         )
         rows.append(two_level_row(image, result, metadata, title))
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for row in rows:
-        sheet.paste(row, (0, y))
-        y += row.height
-    sheet.save(png_path)
+    save_rows(rows, png_path)

@@ -91,7 +91,7 @@ def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike, title:
     sheet.save(png_path)
 
 
-def _heat(attention: np.ndarray) -> np.ndarray:
+def heat(attention: np.ndarray) -> np.ndarray:
     """Attention map -> RGB uint8 (black -> red -> yellow); square root of the map over its maximum,
     so that cells with a fraction of the peak mass stay visible."""
     a = np.sqrt(attention / max(float(attention.max()), 1e-12))
@@ -116,8 +116,8 @@ def plot_attention(
         scale = side / max(height, width)
         size = (round(width * scale), round(height * scale))
         picture = Image.fromarray(canvas[..., 0]).resize(size, Image.BOX).convert("RGB")
-        heat = Image.fromarray(_heat(attention)).resize(size, Image.NEAREST)
-        for panel in (picture, heat):
+        heatmap = Image.fromarray(heat(attention)).resize(size, Image.NEAREST)
+        for panel in (picture, heatmap):
             draw = ImageDraw.Draw(panel)
             for y, x in offs:
                 draw.rectangle(
@@ -127,9 +127,14 @@ def plot_attention(
                 )
         row = Image.new("RGB", (2 * size[0] + 10, size[1] + 20), "white")
         row.paste(picture, (0, 20))
-        row.paste(heat, (size[0] + 10, 20))
+        row.paste(heatmap, (size[0] + 10, 20))
         ImageDraw.Draw(row).text((4, 4), title, fill="black")
         rows.append(row)
+    save_rows(rows, png_path)
+
+
+def save_rows(rows: list[Image.Image], png_path: str | os.PathLike) -> None:
+    """``rows`` stacked top to bottom on white, as one PNG."""
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
     for row in rows:

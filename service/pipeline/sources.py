@@ -20,6 +20,7 @@ from model_ops.lowres import low_resolution_view
 from model_ops.patch_ops import extract_patches
 from service.errors import Unsupported
 from service.pipeline import decode
+from service.pipeline.codecs import ALIGNMENT, aligned_empty
 from service.pipeline.payload import EncodedImage, Payload, RawTensor
 
 
@@ -59,10 +60,6 @@ class ImageSource(abc.ABC):
         return low_resolution_view(regions[0], view_size)
 
 
-# TensorFlow's kernels need tensor buffers aligned to this many bytes.
-_ALIGNMENT = 64
-
-
 def shared_tensor(pixels: np.ndarray) -> tf.Tensor:
     """``pixels`` with a batch axis as a tensor that shares their memory.
 
@@ -74,10 +71,8 @@ def shared_tensor(pixels: np.ndarray) -> tf.Tensor:
     aligned as TensorFlow's kernels require.
     """
     batched = pixels[np.newaxis]
-    if not batched.flags.writeable or batched.ctypes.data % _ALIGNMENT or not batched.flags.c_contiguous:
-        raw = np.empty(batched.nbytes + _ALIGNMENT, np.uint8)
-        start = -raw.ctypes.data % _ALIGNMENT
-        aligned = raw[start : start + batched.nbytes].view(batched.dtype).reshape(batched.shape)
+    if not batched.flags.writeable or batched.ctypes.data % ALIGNMENT or not batched.flags.c_contiguous:
+        aligned = aligned_empty(batched.shape, batched.dtype)
         aligned[...] = batched
         batched = aligned
     return tf.experimental.dlpack.from_dlpack(batched.__dlpack__())

@@ -80,8 +80,7 @@ _PARSE_ERRORS: tuple[type[Exception], ...] = (
     AttributeError,
     ZeroDivisionError,
     OverflowError,
-    RuntimeError,
-    NotImplementedError,
+    RuntimeError,  # NotImplementedError included
     struct.error,
     EOFError,
     OSError,
