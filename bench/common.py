@@ -17,6 +17,10 @@ from types import ModuleType
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# A port free_port() found may be taken before the server binds it: the server
+# then exits with this error and is started again on other ports.
+PORT_TAKEN = "Address already in use"
+PORT_RACE_RETRIES = 3
 
 
 def load_dev_certs() -> ModuleType:
@@ -54,12 +58,17 @@ class ServerProcess:
         ``cwd``: where ``service`` is imported from first (another checkout's
         server, for a side-by-side benchmark)."""
         self.client_options = dict(client or {})
+        self.log_path = log_path
+        self._repository, self._flags, self._env, self._cwd = repository, flags, env, cwd
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the server on free ports, picked afresh each time."""
         self.port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.http_port = free_port()  # the OIP REST port (flags may turn it off)
         self.http_url = f"http://127.0.0.1:{self.http_port}"
-        self.log_path = log_path
         command = [
             sys.executable,
             "-m",
@@ -72,17 +81,17 @@ class ServerProcess:
             str(self.metrics_port),
             "--http-port",
             str(self.http_port),
-            *(["--model-repository", str(repository)] if repository is not None else []),
-            *flags,
+            *(["--model-repository", str(self._repository)] if self._repository is not None else []),
+            *self._flags,
         ]
         # the server writes to it until terminate() or kill() closes it
-        self._log = open(log_path, "wb")  # noqa: SIM115
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             command,
-            cwd=cwd,
+            cwd=self._cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(self._env or {})},
         )
 
     def log(self) -> str:
@@ -94,16 +103,27 @@ class ServerProcess:
         from ats_client import AtsClient, AtsError
 
         deadline = time.monotonic() + timeout
-        with AtsClient(self.target, retries=0, timeout=2, **self.client_options) as client:
+        relaunches = PORT_RACE_RETRIES
+        client = AtsClient(self.target, retries=0, timeout=2, **self.client_options)
+        try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                    if not relaunches or PORT_TAKEN not in self.log():
+                        raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                    # another process took a port between free_port() and the server's bind
+                    relaunches -= 1
+                    self._log.close()
+                    self._launch()
+                    client.close()
+                    client = AtsClient(self.target, retries=0, timeout=2, **self.client_options)
                 try:
                     if all(client.health(model) == "SERVING" for model in models):
                         return
                 except AtsError:
                     pass  # not listening yet, or a model not loaded yet
                 time.sleep(0.25)
+        finally:
+            client.close()
         self.kill()
         raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
 
