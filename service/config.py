@@ -148,6 +148,11 @@ class Config:
     )
     data_root: str = _setting("", "directory tile references are resolved in (empty: none accepted)")
     tile_cache_bytes: int = _setting(256 * MiB, "decoded-tile cache shared by tile references")
+    view_oversample: int = _setting(
+        2,
+        "a tile reference's low view is made from a pyramid level at least this many times its size "
+        "(1: the nearest level), averaging lossy level tiles away",
+    )
     log_format: str = _setting("text", "log line format", choices=("text", "json"))
     log_level: str = _setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     tracing: bool = _setting(
@@ -303,6 +308,8 @@ def inconsistency(config: Config) -> str | None:
             return f"{_flag_name(name)} must be 0 or more"
     if config.batch_threads < 1:
         return "--batch-threads must be at least 1"
+    if not 1 <= config.view_oversample <= 16:
+        return "--view-oversample must be between 1 and 16"
     return None
 
 

@@ -169,7 +169,13 @@ class Server:
         self.health = ReadinessHealth(self.models, Vitals(self.memory), self._loop)
         decode.take_over_pillow_guards()
         self.sources = SourceRegistry(SourceLimits(config.max_image_pixels, config.max_image_bytes))
-        add_tile_source(self.sources, config.data_root, config.tile_cache_bytes, counters=self.metrics)
+        add_tile_source(
+            self.sources,
+            config.data_root,
+            config.tile_cache_bytes,
+            counters=self.metrics,
+            view_oversample=config.view_oversample,
+        )
         self._predict_threads = futures.ThreadPoolExecutor(
             max_workers=config.max_concurrent_predicts, thread_name_prefix="predict"
         )

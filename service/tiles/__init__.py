@@ -22,9 +22,11 @@ def add_tile_source(
     data_root: str,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     counters: TileCounters | None = None,
+    view_oversample: int = 1,
 ) -> TileOpener | None:
     """Let ``sources`` serve ``tile`` references under ``data_root`` with a decoded-tile cache of
-    ``cache_bytes``, counting reads into ``counters`` (the server's metrics).
+    ``cache_bytes``, counting reads into ``counters`` (the server's metrics), making
+    low views from a level ``view_oversample`` times their size (see ``TileSource``).
 
     An empty ``data_root`` leaves tile references off (they are then refused
     as an unsupported source kind). Raises ValueError if the root is not a
@@ -33,6 +35,6 @@ def add_tile_source(
     """
     if not data_root:
         return None
-    opener = TileOpener(data_root, cache_bytes, counters)
+    opener = TileOpener(data_root, cache_bytes, counters, view_oversample)
     sources.register("tile", opener, formats=tuple(FORMATS))
     return opener

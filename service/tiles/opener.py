@@ -39,13 +39,18 @@ class TileOpener:
     """
 
     def __init__(
-        self, data_root: str | DataRoot, cache_bytes: int, counters: TileCounters | None = None
+        self,
+        data_root: str | DataRoot,
+        cache_bytes: int,
+        counters: TileCounters | None = None,
+        view_oversample: int = 1,
     ) -> None:
         self.root = data_root if isinstance(data_root, DataRoot) else DataRoot(data_root)
         self.cache = TileCache(cache_bytes)
         self._slide_cache = SlideCache()
         self.totals = ReadStats()
         self._counters = counters
+        self._view_oversample = view_oversample
         self._readers: collections.OrderedDict[tuple, _Shared] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -55,7 +60,14 @@ class TileOpener:
         # a directory is a DICOM series; open_reader refuses any other
         shared = self._acquire(self.root.open(payload.path, directories=True), recorder, limits)
         try:
-            source = TileSource(shared.reader, channels, payload.level, limits.max_image_pixels, recorder)
+            source = TileSource(
+                shared.reader,
+                channels,
+                payload.level,
+                limits.max_image_pixels,
+                recorder,
+                self._view_oversample,
+            )
         except BaseException:
             self._release(shared)
             raise

@@ -40,10 +40,24 @@ def choose_level(level_shapes: list[tuple[int, int]], size: tuple[int, int]) -> 
 
 
 class TileSource(ImageSource):
-    """One request's view of a (shared) reader; counts what the request reads."""
+    """One request's view of a (shared) reader; counts what the request reads.
+
+    ``oversample``: the low view is made from a level at least that many times
+    its size where one is within ``max_level_pixels``. Pyramid levels are
+    usually stored lossy (JPEG tiles), and at a gigapixel model's coarse scale
+    an object is a mark of a few grey levels that JPEG quantises away;
+    averaging a finer level's tiles down to the view removes most of that
+    error (bench/results/gigapixel.md).
+    """
 
     def __init__(
-        self, reader: Reader, channels: int, level: int | None, max_level_pixels: int, recorder: Recorder
+        self,
+        reader: Reader,
+        channels: int,
+        level: int | None,
+        max_level_pixels: int,
+        recorder: Recorder,
+        oversample: int = 1,
     ) -> None:
         if level is not None and not 0 <= level < len(reader.grids):
             raise InvalidInput(
@@ -55,6 +69,7 @@ class TileSource(ImageSource):
         self._level = level
         self._max_level_pixels = max_level_pixels
         self._recorder = recorder
+        self._oversample = oversample
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -73,7 +88,16 @@ class TileSource(ImageSource):
         """The level the low view of ``size`` is made from: the request's hint, checked, or the best one."""
         shapes = self._reader.level_shapes
         if self._level is None:
-            return choose_level(shapes, size)
+            nearest = choose_level(shapes, size)
+            finer = choose_level(shapes, (size[0] * self._oversample, size[1] * self._oversample))
+            # the finest level between the two that the pixel limit allows
+            pixels = [height * width for height, width in shapes]
+            allowed = [
+                i
+                for i in (finer, *range(len(shapes)), nearest)
+                if pixels[nearest] <= pixels[i] <= min(pixels[finer], self._max_level_pixels)
+            ]
+            return max(allowed, key=lambda i: pixels[i], default=nearest)
         height, width = shapes[self._level]
         if height < size[0] or width < size[1]:
             raise InvalidInput(

@@ -88,6 +88,34 @@ def test_tiff_coarser_level_is_close_and_reads_far_less(root: pathlib.Path) -> N
     assert source.read_stats.tiles_decoded == 4 < level0.read_stats.tiles_decoded == 6 * 5
 
 
+def test_oversampled_view_reads_a_finer_level_and_is_closer_to_the_exact_view(tmp_path: pathlib.Path) -> None:
+    """JPEG level tiles lose faint marks; a level twice the view's size, averaged
+    down, is nearer the exact area view than the level of the view's own size."""
+    layout = make_layout(CanvasSpec(height=1600, width=1600), "test", 7, 3)
+    write_tiff(layout, tmp_path / "lossy.tif", tile=256, compression="jpeg")
+    exact = InMemorySource(render_canvas(layout)).low_view((200, 200)).numpy().astype(float)
+    errors = {}
+    for oversample, level in ((1, 3), (2, 2), (4, 1)):
+        source = TileOpener(str(tmp_path), 32 << 20, view_oversample=oversample)(
+            TileRef("lossy.tif"), 1, LIMITS
+        )
+        assert source.level_for((200, 200)) == level
+        errors[oversample] = np.abs(source.low_view((200, 200)).numpy() - exact).mean()
+    assert errors[4] < errors[2] < errors[1]
+
+
+def test_oversampling_stays_within_the_pixel_limit(root: pathlib.Path) -> None:
+    """A finer level over the server's pixel limit is not read: the view's own level is."""
+    small = SourceLimits(max_image_pixels=400 * 400, max_image_bytes=64 << 20)
+    opener = TileOpener(str(root), 32 << 20, view_oversample=4)
+    assert opener(TileRef("square.tif"), 1, small).level_for((200, 200)) == 2  # 400x400
+    assert opener(TileRef("square.tif"), 1, LIMITS).level_for((200, 200)) == 1  # 800x800
+    tiny = SourceLimits(max_image_pixels=300 * 300, max_image_bytes=64 << 20)
+    assert opener(TileRef("square.tif"), 1, tiny).level_for((200, 200)) == 3
+    # an explicit level is the client's choice and is not oversampled
+    assert opener(TileRef("square.tif", level=3), 1, LIMITS).level_for((200, 200)) == 3
+
+
 def test_choose_level_prefers_the_nearest_aligned_level() -> None:
     levels = [(1500, 1200), (750, 600), (375, 300), (188, 150)]
     assert choose_level(levels, (180, 144)) == 2

@@ -45,6 +45,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Pat
         drain_delay=0,
         grace_period=5,
         data_root=str(root),
+        # the lossless level of the view's own size gives the upload's view bit
+        # for bit; a finer one averaged down differs by float rounding
+        view_oversample=1,
     )
     server = Server(config, CollectorRegistry())  # enables tile sources from config.data_root
     server.start()
