@@ -118,11 +118,15 @@ def test_a_seed_reproduces_the_draw_in_eager_function_and_savedmodel(replace, tm
     assert not np.array_equal(other, eager[0])
 
 
-def test_a_draw_depends_on_its_own_seed_not_on_the_batch():
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_draw_depends_on_its_own_seed_not_on_the_batch(replace):
+    """A lone image takes the sampler's loop-free branch, a batch the loop: same cells."""
     maps = np.stack([skewed_map((9,), s) for s in range(4)])
-    together = sample_positions(maps, 4, False, seed=[10, 11, 12, 13])[0]
-    alone = sample_positions(maps[2:3], 4, False, seed=12)[0]
-    np.testing.assert_array_equal(together[2], alone[0])
+    together = sample_positions(maps, 4, replace, seed=[10, 11, 12, 13])[0]
+    for row in range(4):
+        alone = sample_positions(maps[row : row + 1], 4, replace, seed=10 + row)[0]
+        np.testing.assert_array_equal(together[row], alone[0])
+    assert len({tuple(np.ravel(cells)) for cells in together.numpy()}) > 1  # the rows differ
 
 
 def test_unseeded_draws_differ():
