@@ -149,7 +149,7 @@ class Config:
     data_root: str = _setting("", "directory tile references are resolved in (empty: none accepted)")
     tile_cache_bytes: int = _setting(256 * MiB, "decoded-tile cache shared by tile references")
     view_oversample: int = _setting(
-        2,
+        4,
         "a tile reference's low view is made from a pyramid level at least this many times its size "
         "(1: the nearest level), averaging lossy level tiles away",
     )

@@ -47,7 +47,7 @@ class TileSource(ImageSource):
     usually stored lossy (JPEG tiles), and at a gigapixel model's coarse scale
     an object is a mark of a few grey levels that JPEG quantises away;
     averaging a finer level's tiles down to the view removes most of that
-    error (bench/results/gigapixel.md).
+    error (service/tiles/README.md).
     """
 
     def __init__(

@@ -57,3 +57,18 @@ def test_the_readme_documents_every_setting():
     readme = (REPO_ROOT / "service" / "README.md").read_text()
     for field in dataclasses.fields(Config):
         assert f"| `--{field.name.replace('_', '-')}` | `{env_name(field.name)}` |" in readme, field.name
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--view-oversample", "0"],
+        ["--view-oversample", "17"],
+        ["--batch-threads", "0"],
+        ["--batch-max-size", "-1"],
+    ],
+)
+def test_out_of_range_settings_are_refused_at_start(args, capsys):
+    with pytest.raises(SystemExit):
+        load_config(args, environ={})
+    assert args[0] in capsys.readouterr().err
