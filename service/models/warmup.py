@@ -2,7 +2,9 @@
 marked ready, so the first real request does not pay for tracing and
 allocation (and a version that cannot predict never serves). A two-level
 model's prediction runs through the same entry point, on an image of a few
-regions.
+regions. A one-level model predicts twice over: as an upload (the fused
+graph) and as a source read region by region, as a tile reference is (the
+stages one by one), so neither path traces on a client's first request.
 
 The attention network also runs once on the largest low view the server
 admits: TensorFlow's oneDNN allocator keeps its high-water mark pooled for
@@ -20,8 +22,34 @@ import tensorflow as tf
 from model_ops.sampling import MODES
 from service.models.servable import ServableModel
 from service.pipeline import runner
-from service.pipeline.payload import RawTensor
-from service.pipeline.sources import SourceLimits, SourceRegistry
+from service.pipeline.payload import Payload, RawTensor, TileRef
+from service.pipeline.sources import ImageSource, InMemorySource, SourceLimits, SourceRegistry
+
+
+class _ByRegion(ImageSource):
+    """Pixels in memory, served as a tile reference's source is: the runner
+    then takes the staged path, as it does for a file read region by region."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self._image = InMemorySource(pixels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._image.shape
+
+    def low_view(self, size: tuple[int, int]) -> tf.Tensor:
+        return self._image.low_view(size)
+
+    def patches(self, offsets: tf.Tensor, patch_size: tuple[int, int]) -> tf.Tensor:
+        return self._image.patches(offsets, patch_size)
+
+
+def _payloads(pixels: np.ndarray, limits: SourceLimits) -> tuple[SourceRegistry, list[Payload]]:
+    """The pixels as a raw tensor and as a (warm-up only) tile reference."""
+    sources = SourceRegistry(limits)
+    sources.register("tile", lambda payload, channels, limits: _ByRegion(pixels))
+    raw = RawTensor(shape=pixels.shape, dtype="uint8", data=pixels.tobytes())
+    return sources, [raw, TileRef("warm-up")]
 
 
 def warmup_shape(servable: ServableModel) -> tuple[int, int, int]:
@@ -73,12 +101,13 @@ def warm_up(servable: ServableModel, max_image_pixels: int = 0) -> None:
     for size, shape in enumerate(((height, width, channels), (height * 3 // 2, width * 5 // 4, channels))):
         options = _options(servable, other_counts=bool(size))
         pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        payload = RawTensor(shape=shape, dtype="uint8", data=pixels.tobytes())
-        sources = SourceRegistry(
-            SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
-        )
-        for mode in MODES:
-            runner.run(servable, payload, dataclasses.replace(options, mode=mode), sources)
+        limits = SourceLimits(max_image_pixels=shape[0] * shape[1], max_image_bytes=pixels.nbytes)
+        sources, payloads = _payloads(pixels, limits)
+        if servable.spec.two_level is not None:
+            payloads = payloads[:1]  # one path: a two-level model always runs stage by stage
+        for payload in payloads:
+            for mode in MODES:
+                runner.run(servable, payload, dataclasses.replace(options, mode=mode), sources)
     if max_image_pixels and servable.spec.low_size is None:
         height, width = largest_view(servable, max_image_pixels)
         attention = servable.attention if servable.spec.two_level is None else servable.coarse_attention
