@@ -303,6 +303,7 @@ def main() -> int:
     try:
         if not (repository / BENCH_MODEL / "1").is_dir():
             export_bench_model(repository)
+        shutil.rmtree(repository / SHIPPED, ignore_errors=True)  # left by runs before the fix
         written = write_canvases(sizes, data)
         tiles, pixels = {}, {}
         for size in sizes:
@@ -329,8 +330,10 @@ def main() -> int:
                 print(f"{size}: as pixels {pixels[size]}", flush=True)
         accuracies = None
         if any((ROOT / "models" / SHIPPED).glob("[0-9]*")):
-            shutil.copytree(ROOT / "models" / SHIPPED, repository / SHIPPED, dirs_exist_ok=True)
-            served = Served(repository, data, work / "server_accuracy.log")
+            # a repository of its own: the tile servers above must hold the bench model only
+            shipped = work / "repo_accuracy"
+            shutil.copytree(ROOT / "models" / SHIPPED, shipped / SHIPPED, dirs_exist_ok=True)
+            served = Served(shipped, data, work / "server_accuracy.log")
             try:
                 accuracies = accuracy(
                     served, data, [int(s) for s in args.accuracy_sizes.split(",")], args.accuracy_canvases
