@@ -18,6 +18,12 @@ from service.pipeline.sources import ImageSource, shared_tensor
 from service.tiles.readers.base import Reader
 from service.tiles.stats import ReadStats, Recorder
 
+# The most pixels a level read for a finer view may have. The finer level costs
+# oversample² times the view's pixels: worth it for a coarse view of a few
+# megapixels (at 1/64 a mark is a few grey levels), not for a large view, where
+# objects span many pixels and the level alone could be a gigabyte.
+OVERSAMPLED_PIXELS = 64 << 20
+
 
 def is_aligned(level_shape: tuple[int, int], full_shape: tuple[int, int]) -> bool:
     """Whether the level covers exactly the image: its size times an integer
@@ -43,7 +49,8 @@ class TileSource(ImageSource):
     """One request's view of a (shared) reader; counts what the request reads.
 
     ``oversample``: the low view is made from a level at least that many times
-    its size where one is within ``max_level_pixels``. Pyramid levels are
+    its size where one is within ``max_level_pixels`` and ``OVERSAMPLED_PIXELS``
+    (else the finest level between it and the view's own level that is). Pyramid levels are
     usually stored lossy (JPEG tiles), and at a gigapixel model's coarse scale
     an object is a mark of a few grey levels that JPEG quantises away;
     averaging a finer level's tiles down to the view removes most of that
@@ -90,12 +97,11 @@ class TileSource(ImageSource):
         if self._level is None:
             nearest = choose_level(shapes, size)
             finer = choose_level(shapes, (size[0] * self._oversample, size[1] * self._oversample))
-            # the finest level between the two that the pixel limit allows
+            # the finest level between the two that the pixel limits allow
             pixels = [height * width for height, width in shapes]
+            ceiling = min(pixels[finer], self._max_level_pixels, max(OVERSAMPLED_PIXELS, pixels[nearest]))
             allowed = [
-                i
-                for i in (finer, *range(len(shapes)), nearest)
-                if pixels[nearest] <= pixels[i] <= min(pixels[finer], self._max_level_pixels)
+                i for i in (finer, *range(len(shapes)), nearest) if pixels[nearest] <= pixels[i] <= ceiling
             ]
             return max(allowed, key=lambda i: pixels[i], default=nearest)
         height, width = shapes[self._level]

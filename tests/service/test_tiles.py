@@ -25,6 +25,7 @@ from service.pipeline.decode import decode_image
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import InMemorySource, SourceLimits
 from service.tiles import TileOpener
+from service.tiles import source as source_module
 from service.tiles.source import choose_level
 
 LIMITS = SourceLimits(max_image_pixels=50_000_000, max_image_bytes=64 << 20)
@@ -104,7 +105,9 @@ def test_oversampled_view_reads_a_finer_level_and_is_closer_to_the_exact_view(tm
     assert errors[4] < errors[2] < errors[1]
 
 
-def test_oversampling_stays_within_the_pixel_limit(root: pathlib.Path) -> None:
+def test_oversampling_stays_within_the_pixel_limits(
+    root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A finer level over the server's pixel limit is not read: the view's own level is."""
     small = SourceLimits(max_image_pixels=400 * 400, max_image_bytes=64 << 20)
     opener = TileOpener(str(root), 32 << 20, view_oversample=4)
@@ -112,6 +115,10 @@ def test_oversampling_stays_within_the_pixel_limit(root: pathlib.Path) -> None:
     assert opener(TileRef("square.tif"), 1, LIMITS).level_for((200, 200)) == 1  # 800x800
     tiny = SourceLimits(max_image_pixels=300 * 300, max_image_bytes=64 << 20)
     assert opener(TileRef("square.tif"), 1, tiny).level_for((200, 200)) == 3
+    # a large view is not oversampled past OVERSAMPLED_PIXELS (a level could be a gigabyte)
+    monkeypatch.setattr(source_module, "OVERSAMPLED_PIXELS", 500 * 500)
+    assert opener(TileRef("square.tif"), 1, LIMITS).level_for((200, 200)) == 2  # 400x400
+    assert opener(TileRef("square.tif"), 1, LIMITS).level_for((700, 700)) == 1  # its own level
     # an explicit level is the client's choice and is not oversampled
     assert opener(TileRef("square.tif", level=3), 1, LIMITS).level_for((200, 200)) == 3
 
