@@ -3,7 +3,7 @@ each region's view picks N patches in it, and the features of the K x N
 full-resolution patches make the estimate (:mod:`model_ops.two_level`).
 
 Only what the model looks at is read from the source: the coarse view (the
-one-level low view, from the pyramid level nearest the coarse scale), the K
+one-level low view, from a pyramid level ``--view-oversample`` times finer), the K
 region views (:meth:`~service.pipeline.sources.ImageSource.region_views`,
 from the level nearest the fine scale) and the K x N patches at level 0.
 Stages, each timed and each preceded by a check that the caller is still

@@ -1,6 +1,6 @@
 """The pipeline's ``ImageSource`` over a tiled reader: the low-resolution view
-from the pyramid, patches as full-resolution regions, and a two-level model's
-region views from the level nearest their scale."""
+from a pyramid level finer than it, patches as full-resolution regions, and a
+two-level model's region views from the level nearest their scale."""
 
 from __future__ import annotations
 
