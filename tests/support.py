@@ -30,6 +30,11 @@ TINY_MODEL = "tiny"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+def version_names(model: pathlib.Path) -> list[str]:
+    """The version directories of a model in a repository, in numeric order."""
+    return sorted((p.name for p in model.iterdir() if p.name.isdigit()), key=int)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:
     """Poll ``condition`` every 0.1 s until it holds; TimeoutError after ``timeout`` s."""
     deadline = time.monotonic() + timeout

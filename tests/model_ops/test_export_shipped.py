@@ -7,7 +7,7 @@ import pytest
 
 from model_ops.export import load_metadata
 from model_ops.training.evaluate import evaluate
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, version_names
 
 MODEL = REPO_ROOT / "models" / "megapixel-digits"
 # Lowest count of 50 fixed test canvases (top-k, 10 patches) each version must read.
@@ -19,8 +19,7 @@ MIN_CORRECT = {"1": 40, "2": 44}
 
 def test_every_version_is_checked():
     """The repository serves the latest version; it must be one listed here."""
-    versions = sorted((p.name for p in MODEL.iterdir() if p.name.isdigit()), key=int)
-    assert versions == sorted(MIN_CORRECT, key=int)
+    assert version_names(MODEL) == sorted(MIN_CORRECT, key=int)
 
 
 @pytest.mark.parametrize("version", sorted(MIN_CORRECT))
