@@ -8,7 +8,7 @@ patches. No canvas is ever rendered whole. A network's output for a given
 input is computed once per canvas and reused across the (K, N, mode) grid;
 sampling uses the canvas index as its seed.
 
-``python -m model_ops.training.gigapixel_eval --model models/gigapixel-digits/1
+``python -m model_ops.training.gigapixel_eval --model models/gigapixel-digits/2
 --sides 10000 30000 100000 --canvases 200 --markdown table.md``
 """
 
@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from model_ops.datasets.gigapixel_digits import LayoutImage, gigapixel_spec
 from model_ops.datasets.megapixel_digits import make_layout
-from model_ops.export import ModelMetadata, load_model
+from model_ops.export import ModelMetadata, latest_version, load_model
 from model_ops.sampling import MODES
 from model_ops.two_level_pipeline import SavedModelStages, TwoLevelStages, run_two_level
 
@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="models/gigapixel-digits/1", help="exported version directory")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="exported version directory (default: the newest of models/gigapixel-digits)",
+    )
     parser.add_argument("--sides", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     parser.add_argument("--canvases", type=int, nargs="+", default=[200], help="one count, or one per side")
     parser.add_argument("--regions", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             strict=True,
         )
     )
-    model, metadata = load_model(args.model)
+    model, metadata = load_model(args.model or latest_version("models/gigapixel-digits"))
     stages = SavedModelStages(model)
     accuracy = {}
     for side in args.sides:
