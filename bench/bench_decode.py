@@ -334,12 +334,13 @@ class StagedJpegSource(ImageSource):
 
 def load_pipeline():
     """(predict(payload, seed) -> probabilities, model description, low scale) for the shipped model."""
+    from model_ops.export import latest_version
     from service.models.servable import load_servable
     from service.models.warmup import warm_up
     from service.pipeline import runner
 
-    versions = sorted(int(p.name) for p in (ROOT / "models" / SHIPPED).iterdir() if p.name.isdigit())
-    servable = load_servable(SHIPPED, versions[-1], ROOT / "models" / SHIPPED / str(versions[-1]))
+    newest = latest_version(ROOT / "models" / SHIPPED)
+    servable = load_servable(SHIPPED, int(newest.name), newest)
     warm_up(servable)
     sources = SourceRegistry(SourceLimits(max_image_pixels=LIMIT, max_image_bytes=LIMIT))
     sources.register("staged-jpeg", lambda payload, channels, limits: StagedJpegSource(payload, channels))
@@ -347,7 +348,7 @@ def load_pipeline():
     def predict(payload, seed: int) -> np.ndarray:
         return runner.run(servable, payload, runner.PredictOptions(seed=seed), sources).probabilities
 
-    return predict, f"shipped `{SHIPPED}` version {versions[-1]}", servable.spec.low_scale
+    return predict, f"shipped `{SHIPPED}` version {newest.name}", servable.spec.low_scale
 
 
 def dct_scaling(repeats: int, scale: float) -> list[str]:

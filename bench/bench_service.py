@@ -83,11 +83,11 @@ def canvas_png() -> bytes:
 
 def model_repository(workdir: pathlib.Path) -> tuple[pathlib.Path, str, str]:
     """(repository, model name, description) of the model to benchmark."""
-    shipped = ROOT / "models" / SHIPPED
-    versions = sorted(int(p.name) for p in shipped.glob("*") if p.name.isdigit()) if shipped.is_dir() else []
+    from model_ops.export import export_tiny_model, version_dirs
+
+    versions = version_dirs(ROOT / "models" / SHIPPED)
     if versions:
-        return ROOT / "models", SHIPPED, f"shipped `{SHIPPED}` version {versions[-1]}"
-    from model_ops.export import export_tiny_model
+        return ROOT / "models", SHIPPED, f"shipped `{SHIPPED}` version {max(versions)}"
 
     export_tiny_model(workdir / "tiny" / "1", name="tiny", channels=1)
     return (
@@ -102,12 +102,13 @@ def model_repository(workdir: pathlib.Path) -> tuple[pathlib.Path, str, str]:
 
 def load_servable(repository: pathlib.Path, name: str):
     """The model loaded and warmed up as the server does it, and the server's sources."""
+    from model_ops.export import latest_version
     from service.models.servable import load_servable
     from service.models.warmup import warm_up
     from service.pipeline.sources import SourceLimits, SourceRegistry
 
-    version = max(int(p.name) for p in (repository / name).iterdir() if p.name.isdigit())
-    servable = load_servable(name, version, repository / name / str(version))
+    newest = latest_version(repository / name)
+    servable = load_servable(name, int(newest.name), newest)
     warm_up(servable)
     return servable, SourceRegistry(SourceLimits(max_image_pixels=200_000_000, max_image_bytes=1 << 30))
 

@@ -170,12 +170,20 @@ def check_compatible(metadata: ModelMetadata) -> None:
         )
 
 
+def version_dirs(model_dir: str | os.PathLike) -> dict[int, pathlib.Path]:
+    """A model's integer-named version directories by version, in numeric order (none: empty)."""
+    path = pathlib.Path(model_dir)
+    if not path.is_dir():
+        return {}
+    return dict(sorted((int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit()))
+
+
 def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
     """The highest integer version directory of a model (the one a repository serves by default)."""
-    versions = [p for p in pathlib.Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    versions = version_dirs(model_dir)
     if not versions:
         raise FileNotFoundError(f"{model_dir} holds no integer version directory")
-    return max(versions, key=lambda p: int(p.name))
+    return versions[max(versions)]
 
 
 def load_model(version_dir: str | os.PathLike) -> tuple[Any, ModelMetadata]:

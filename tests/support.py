@@ -32,7 +32,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def version_names(model: pathlib.Path) -> list[str]:
     """The version directories of a model in a repository, in numeric order."""
-    return sorted((p.name for p in model.iterdir() if p.name.isdigit()), key=int)
+    from model_ops.export import version_dirs  # TensorFlow only for the tests that ask
+
+    return [str(version) for version in version_dirs(model)]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:

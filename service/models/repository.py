@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from model_ops.export import METADATA_FILE
+from model_ops.export import METADATA_FILE, version_dirs
 from service.errors import InvalidInput, NotFound, Unavailable, clip
 from service.models.servable import ServableModel, load_servable
 
@@ -91,7 +91,7 @@ def scan_repository(root: pathlib.Path) -> dict[str, dict[int, pathlib.Path]]:
     if not root.is_dir():
         return found
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+        versions = version_dirs(model_dir)
         if versions:
             found[model_dir.name] = versions
     return found

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from ats_client import AtsClient
 from bench.common import ServerProcess
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
+from model_ops.export import latest_version
 from service.config import default_model_repository
 from tests.interop.conftest import TritonVenv
 from tests.support import encode_image
@@ -53,7 +54,7 @@ def canvases(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, li
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     """The shipped model's newest version alone (one load, one warm-up)."""
     source = default_model_repository() / MODEL
-    newest = max((p for p in source.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    newest = latest_version(source)
     root = tmp_path_factory.mktemp("shipped")
     shutil.copytree(newest, root / MODEL / newest.name)
     server = ServerProcess(root, root.parent / "shipped-server.log", "--drain-delay", "0")
