@@ -147,7 +147,11 @@ class Config:
         2.0, "seconds health reports NOT_SERVING before the server stops accepting calls on SIGTERM"
     )
     data_root: str = _setting("", "directory tile references are resolved in (empty: none accepted)")
-    tile_cache_bytes: int = _setting(256 * MiB, "decoded-tile cache shared by tile references")
+    # One 100k x 100k grayscale slide's oversampled coarse level (its 1/16 level,
+    # 37 MiB) and its regions fit, so repeated requests on a slide decode
+    # only new patches. Measured over 24 requests on 12 such slides: 256 MiB
+    # peaked 250 MB higher than 64 MiB, for a warm p50 within 3% of it.
+    tile_cache_bytes: int = _setting(64 * MiB, "decoded-tile cache shared by tile references")
     view_oversample: int = _setting(
         4,
         "a tile reference's low view is made from a pyramid level at least this many times its size "
