@@ -26,6 +26,7 @@ multiples of ``COARSE_FACTOR``: :func:`gigapixel_spec` rounds them up.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from collections.abc import Sequence
 
@@ -52,6 +53,30 @@ def coarse_view(layout: Layout) -> np.ndarray:
     """The ``(H/64, W/64)`` uint8 coarse view, exact area means of the canvas."""
     height, width = (math.ceil(side / COARSE_FACTOR) for side in (layout.height, layout.width))
     return render_region(layout, 0, 0, height, width, COARSE_FACTOR)
+
+
+def stored_coarse_view(layout: Layout, quality: int, oversample: int = 4) -> np.ndarray:
+    """The coarse view as a server makes it from a JPEG-tiled pyramid: the level
+    ``oversample`` times finer, stored at JPEG ``quality``, decoded, area-averaged down.
+
+    At 1/64 a digit is a few grey levels, and JPEG error on the finer level
+    (0.6 grey levels on the marks at quality 95, through ``--view-oversample``
+    4) is what the coarse network sees when served; training on exact views
+    alone loses slides to it. The JPEG block grid is the level's, so one
+    image equals the same level stored as tiles of any multiple of 8 px.
+    """
+    from PIL import Image
+
+    from model_ops.lowres import low_resolution_view
+
+    if COARSE_FACTOR % oversample:
+        raise ValueError(f"oversample must divide {COARSE_FACTOR}, got {oversample}")
+    height, width = (math.ceil(side / COARSE_FACTOR) for side in (layout.height, layout.width))
+    level = render_region(layout, 0, 0, height * oversample, width * oversample, COARSE_FACTOR // oversample)
+    stored = io.BytesIO()
+    Image.fromarray(level).save(stored, "JPEG", quality=quality)
+    decoded = np.asarray(Image.open(stored))
+    return low_resolution_view(decoded[..., None], (height, width)).numpy()[..., 0]
 
 
 def shifted(layout: Layout, top: int, left: int, height: int, width: int) -> Layout:
@@ -130,3 +155,19 @@ class LayoutImage(MultiResolutionImage):
             )
         views = [region_view(self.layout, int(y), int(x), region_size, factor) for y, x in offsets]
         return np.stack(views)[..., None]
+
+
+class StoredLayoutImage(LayoutImage):
+    """A canvas whose coarse view is made as from a JPEG-tiled pyramid at ``quality``
+    (:func:`stored_coarse_view`): what a server reading the file by tile reference sees."""
+
+    def __init__(self, layout: Layout, quality: int, oversample: int = 4) -> None:
+        super().__init__(layout)
+        self.quality = quality
+        self.oversample = oversample
+
+    def low_view(self, size: Sequence[int]) -> np.ndarray:
+        view = stored_coarse_view(self.layout, self.quality, self.oversample)
+        if view.shape != tuple(int(side) for side in size):
+            raise ValueError(f"a stored coarse view is {view.shape}, not {tuple(size)}")
+        return view[..., None]

@@ -71,12 +71,17 @@ def _tiles(layout: Layout, factor: int, tile: int) -> Iterator[np.ndarray]:
 
 
 def write_tiff(
-    layout: Layout, path: str | os.PathLike, tile: int = 256, compression: str = "zlib"
+    layout: Layout,
+    path: str | os.PathLike,
+    tile: int = 256,
+    compression: str = "zlib",
+    quality: int | None = None,
 ) -> list[int]:
     """Write a tiled pyramidal BigTIFF; returns the downsampling factor of each level.
 
     Level 0 is the main image; levels 1.. (factor 2, 4, ...) are its SubIFDs,
     each tile the exact area mean of the full-resolution pixels it covers.
+    ``quality``: of JPEG tiles (default: the codec's, 95).
     """
     import tifffile
 
@@ -89,6 +94,8 @@ def write_tiff(
         "compression": compression,
         "photometric": "minisblack",
     }
+    if quality is not None:
+        options["compressionargs"] = {"level": quality}
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level, factor in enumerate(factors):
             tif.write(

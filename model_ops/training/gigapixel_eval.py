@@ -6,7 +6,11 @@ over the exported signatures (what a server runs) and a
 only what the pipeline reads: the coarse view, K region views and K x N
 patches. No canvas is ever rendered whole. A network's output for a given
 input is computed once per canvas and reused across the (K, N, mode) grid;
-sampling uses the canvas index as its seed.
+sampling uses the canvas index as its seed. With ``--jpeg-quality Q`` the
+coarse view is made as a server makes it from the canvas written as a
+JPEG-tiled pyramid at that quality
+(:class:`~model_ops.datasets.gigapixel_digits.StoredLayoutImage`): region
+views and patches stay exact, since JPEG on them changed no prediction.
 
 ``python -m model_ops.training.gigapixel_eval --model models/gigapixel-digits/2
 --sides 10000 30000 100000 --canvases 200 --markdown table.md``
@@ -22,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from model_ops.datasets.gigapixel_digits import LayoutImage, gigapixel_spec
+from model_ops.datasets.gigapixel_digits import LayoutImage, StoredLayoutImage, gigapixel_spec
 from model_ops.datasets.megapixel_digits import make_layout
 from model_ops.export import ModelMetadata, latest_version, load_model
 from model_ops.sampling import MODES
@@ -76,6 +80,7 @@ def evaluate(
     patches: list[int],
     modes: list[str],
     seed: int = DEFAULT_SEED,
+    jpeg_quality: int | None = None,
 ) -> dict[tuple[str, int, int], float]:
     """Accuracy per ``(mode, K, N)`` on canvases ``0..n-1`` of the test split of side ``side``."""
     memo = MemoStages(stages)
@@ -84,7 +89,7 @@ def evaluate(
     correct = dict.fromkeys(grid, 0)
     for index in range(n_canvases):
         layout = make_layout(spec, "test", seed, index)
-        image = LayoutImage(layout)
+        image = LayoutImage(layout) if jpeg_quality is None else StoredLayoutImage(layout, jpeg_quality)
         memo.clear()
         for mode, k, n in grid:
             result = run_two_level(memo, image, metadata, k, n, mode, seed=index)
@@ -122,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="which fresh canvases")
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        help="coarse views as served from JPEG tiles of this quality (default: exact)",
+    )
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     counts = dict(
@@ -137,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     for side in args.sides:
         start = time.perf_counter()
         found = evaluate(
-            stages, metadata, side, counts[side], args.regions, args.patches, args.modes, args.seed
+            stages,
+            metadata,
+            side,
+            counts[side],
+            args.regions,
+            args.patches,
+            args.modes,
+            args.seed,
+            args.jpeg_quality,
         )
         accuracy.update({(side, *key): value for key, value in found.items()})
         print(f"{side}: {counts[side]} canvases in {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from model_ops.datasets.gigapixel_digits import coarse_view, gigapixel_spec, stored_coarse_view
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 from model_ops.datasets.writers import write_jpeg, write_png, write_tiff
 from service.errors import TooLarge
@@ -103,6 +104,21 @@ def test_oversampled_view_reads_a_finer_level_and_is_closer_to_the_exact_view(tm
         assert source.level_for((200, 200)) == level
         errors[oversample] = np.abs(source.low_view((200, 200)).numpy() - exact).mean()
     assert errors[4] < errors[2] < errors[1]
+
+
+@pytest.mark.parametrize("quality", [70, 95])
+def test_a_stored_coarse_view_is_what_the_server_reads_from_jpeg_tiles(
+    tmp_path: pathlib.Path, quality: int
+) -> None:
+    """The gigapixel recipe trains on ``stored_coarse_view``: it must be the
+    server's view of the canvas written as JPEG tiles, pixel for pixel."""
+    layout = make_layout(gigapixel_spec(4096), "test", 7, 1)
+    write_tiff(layout, tmp_path / "slide.tif", tile=256, compression="jpeg", quality=quality)
+    served = TileOpener(str(tmp_path), 32 << 20, view_oversample=4)(TileRef("slide.tif"), 1, LIMITS)
+    view = served.low_view((64, 64)).numpy()[0, ..., 0]
+    stored = stored_coarse_view(layout, quality)
+    assert view.max() > 0 and np.array_equal(view, stored)
+    assert not np.array_equal(stored, coarse_view(layout))  # the JPEG error it exists to show
 
 
 def test_oversampling_stays_within_the_pixel_limits(
