@@ -12,8 +12,8 @@ JPEG-tiled pyramid at that quality
 (:class:`~model_ops.datasets.gigapixel_digits.StoredLayoutImage`): region
 views and patches stay exact, since JPEG on them changed no prediction.
 
-``python -m model_ops.training.gigapixel_eval --model models/gigapixel-digits/2
---sides 10000 30000 100000 --canvases 200 --markdown table.md``
+``python -m model_ops.training.gigapixel_eval --model models/gigapixel-digits/3
+--sides 10000 30000 100000 --canvases 200 --jpeg-quality 95 --markdown table.md``
 """
 
 from __future__ import annotations

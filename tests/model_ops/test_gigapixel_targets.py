@@ -123,3 +123,26 @@ def test_the_coarse_stage_fits_box_targets_with_the_virtual_canvas_and_its_leak_
     assert seen["stage"] == "coarse"
     assert seen["empty_cells"] == 1000 * 1000 and seen["off_target_weight"] == 0.3
     assert seen["cells"].shape[1:] == (5, 4)
+
+
+def test_coarse_views_are_exact_or_as_served_from_jpeg_tiles_in_the_recipe_share():
+    recipe = dataclasses.replace(
+        gigapixel.GigapixelRecipe(), coarse_side=4096, coarse_noise=20, coarse_exact_share=0.25
+    )
+    exact_only = dataclasses.replace(recipe, coarse_exact_share=1.0)
+    views, cells = gigapixel.coarse_data(exact_only, "train", 40)
+    layouts = [gigapixel.make_layout(_spec(recipe), "train", recipe.seed, i) for i in range(40)]
+    exact = np.stack([gigapixel.coarse_view(layout) for layout in layouts])[..., None]
+    assert np.array_equal(views, exact)
+    mixed, mixed_cells = gigapixel.coarse_data(recipe, "train", 40)
+    assert np.array_equal(mixed_cells, cells)  # the same canvases, only their views differ
+    same = [np.array_equal(a, b) for a, b in zip(mixed, exact, strict=True)]
+    # each canvas is exact with probability 1/4 (a JPEG view of a canvas with marks
+    # never equals the exact one): outside 2 to 19 of 40 with probability < 1e-3
+    assert 2 <= sum(same) <= 19
+    jpeg = mixed[[not s for s in same]].astype(int) - exact[[not s for s in same]]
+    assert 0 < np.abs(jpeg).max() <= 16  # JPEG error, not another picture
+
+
+def _spec(recipe):
+    return dataclasses.replace(gigapixel.gigapixel_spec(recipe.coarse_side), n_noise=recipe.coarse_noise)
