@@ -165,9 +165,12 @@ class StoredLayoutImage(LayoutImage):
         super().__init__(layout)
         self.quality = quality
         self.oversample = oversample
+        self._view: np.ndarray | None = None  # made once: an evaluation grid reads it per setting
 
     def low_view(self, size: Sequence[int]) -> np.ndarray:
-        view = stored_coarse_view(self.layout, self.quality, self.oversample)
+        if self._view is None:
+            self._view = stored_coarse_view(self.layout, self.quality, self.oversample)
+        view = self._view
         if view.shape != tuple(int(side) for side in size):
             raise ValueError(f"a stored coarse view is {view.shape}, not {tuple(size)}")
         return view[..., None]
