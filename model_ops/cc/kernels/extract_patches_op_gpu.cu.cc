@@ -56,6 +56,7 @@ const char* LaunchExtractPatches(GpuType in, GpuType out, const PatchGeometry& g
     return message(forward<unsigned char, float>(g, images, offsets, patches, scale, fill, s));
   if (in == GpuType::kUint16 && out == GpuType::kFloat)
     return message(forward<unsigned short, float>(g, images, offsets, patches, scale, fill, s));
+  if (in != out) return "unsupported dtype pair";
   switch (in) {
     case GpuType::kUint8:
       return message(forward<unsigned char, unsigned char>(g, images, offsets, patches, scale, fill, s));
