@@ -71,8 +71,9 @@ def nvrtc_module(names: tuple[str, ...]):
     return cp.RawModule(code=code, options=options, name_expressions=list(names))
 
 
-def nvrtc_launch(kernel, g: list[int], args, threads_x: int = 0) -> None:
-    """One thread per row value; rows over blockDim.y (as launch_shape in the header)."""
+def nvrtc_launch(kernel, g: list[int], args, threads_x: int = 0, max_blocks: int = 0) -> None:
+    """One thread per row value; rows over blockDim.y (as launch_shape in the header);
+    ``max_blocks`` caps the grid, so that blocks stride over the rows."""
     length = g[9] * g[6]  # P2 * C
     rows = g[0] * g[1] * g[7] * g[8]
     if rows == 0 or length == 0:
@@ -82,7 +83,8 @@ def nvrtc_launch(kernel, g: list[int], args, threads_x: int = 0) -> None:
         while threads_x < length and threads_x < 256:
             threads_x *= 2
     threads_y = max(1, 256 // threads_x)
-    kernel(((rows + threads_y - 1) // threads_y,), (threads_x, threads_y), args)
+    blocks = (rows + threads_y - 1) // threads_y
+    kernel((min(blocks, max_blocks or blocks),), (threads_x, threads_y), args)
 
 
 # --- the launchers built by nvcc -----------------------------------------------

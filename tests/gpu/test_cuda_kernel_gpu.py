@@ -31,47 +31,50 @@ NAMES = tuple([forward_name(i, o) for i, o in PAIRS] + [grad_name(d) for d in FL
 pytestmark = pytest.mark.skipif(cp is None, reason="no GPU with CuPy on this machine")
 
 
-def gpu_patches(images, offsets, size, fill=0.0, out_dtype=None, scale=1.0, threads_x=0):
+def gpu_patches(images, offsets, size, fill=0.0, out_dtype=None, scale=1.0, threads_x=0, max_blocks=0):
     out_dtype = np.dtype(out_dtype or images.dtype)
     x, o = cp.asarray(images), cp.asarray(offsets, dtype=cp.int32)
     out = cp.empty((images.shape[0], offsets.shape[1], *size, images.shape[-1]), out_dtype)
     g = geometry(images.shape, offsets.shape[1], size)
     kernel = nvrtc_module(NAMES).get_function(forward_name(images.dtype, out_dtype))
-    nvrtc_launch(kernel, g, (x, o, out, *map(np.int32, g), np.float32(scale), np.float32(fill)), threads_x)
+    args = (x, o, out, *map(np.int32, g), np.float32(scale), np.float32(fill))
+    nvrtc_launch(kernel, g, args, threads_x, max_blocks)
     return out
 
 
-def gpu_scatter(grad, offsets, image_shape, scale=1.0):
+def gpu_scatter(grad, offsets, image_shape, scale=1.0, max_blocks=0):
     g_arr, o = cp.asarray(grad), cp.asarray(offsets, dtype=cp.int32)
     image = cp.zeros(image_shape, grad.dtype)
     g = geometry(image_shape, offsets.shape[1], grad.shape[2:-1])
     kernel = nvrtc_module(NAMES).get_function(grad_name(grad.dtype))
-    nvrtc_launch(kernel, g, (g_arr, o, image, *map(np.int32, g), np.float32(scale)))
+    nvrtc_launch(kernel, g, (g_arr, o, image, *map(np.int32, g), np.float32(scale)), max_blocks=max_blocks)
     return image
 
 
+@pytest.mark.parametrize("max_blocks", [0, 1, 3])
 @pytest.mark.parametrize("threads_x", [0, 32, 256])
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{np.dtype(p[0])}-{np.dtype(p[1])}")
-def test_forward_kernel_matches_numpy(pair, n_dims, threads_x):
+def test_forward_kernel_matches_numpy(pair, n_dims, threads_x, max_blocks):
     in_dtype, out_dtype = pair
     rng = np.random.default_rng([n_dims, threads_x])
     converts = np.dtype(in_dtype) != np.dtype(out_dtype)
     scale = 1 / 255 if converts else 1.0
     for _ in range(8):
         images, offsets, size = random_case(rng, n_dims, in_dtype)
-        got = gpu_patches(images, offsets, size, 3.0, out_dtype, scale, threads_x).get()
+        got = gpu_patches(images, offsets, size, 3.0, out_dtype, scale, threads_x, max_blocks).get()
         np.testing.assert_array_equal(got, reference_patches(images, offsets, size, 3, out_dtype, scale))
 
 
+@pytest.mark.parametrize("max_blocks", [0, 1, 3])
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
 @pytest.mark.parametrize("dtype, rtol", [(np.float16, 1e-2), (np.float32, 1e-5), (np.float64, 1e-12)])
-def test_gradient_kernel_matches_numpy(dtype, rtol, n_dims):
+def test_gradient_kernel_matches_numpy(dtype, rtol, n_dims, max_blocks):
     rng = np.random.default_rng(n_dims)
     for _ in range(8):
         images, offsets, size = random_case(rng, n_dims, dtype)
         grad = random_images(rng, (*offsets.shape[:2], *size, images.shape[-1]), dtype)
-        got = gpu_scatter(grad, offsets, images.shape, 0.5).get()
+        got = gpu_scatter(grad, offsets, images.shape, 0.5, max_blocks).get()
         np.testing.assert_allclose(
             got, reference_scatter(grad, offsets, images.shape, 0.5), rtol=rtol, atol=rtol
         )

@@ -113,7 +113,9 @@ struct Convert<double, double> {
   ATS_HD static double apply(double v, float scale) { return v * (double)scale; }
 };
 
-// Threads per block (x over a row's values, y over rows) for rows of `len`.
+// Threads per block (x over a row's values, y over rows) for rows of `len`:
+// 256 threads, so at most kMaxRowsPerBlock rows per block.
+constexpr int kMaxRowsPerBlock = 8;
 ATS_HD inline void launch_shape(int len, int* threads_x, int* threads_y) {
   int x = 32;
   while (x < len && x < 256) x *= 2;
@@ -122,6 +124,25 @@ ATS_HD inline void launch_shape(int len, int* threads_x, int* threads_y) {
 }
 
 #ifdef __CUDACC__
+
+// Blocks stride over rows (a grid of any size covers them all): blockDim.y
+// rows at a time, the loop's bound the same for every thread of a block.
+__device__ inline long long first_row() {
+  return (long long)blockIdx.x * blockDim.y + threadIdx.y;
+}
+__device__ inline long long row_stride() { return (long long)gridDim.x * blockDim.y; }
+
+// The span of this thread's row, computed once per row (its 64-bit divisions
+// cost more than copying a row of bytes) and shared through shared memory.
+// Every thread of the block must call it: it holds barriers.
+__device__ inline RowSpan shared_row_span(const PatchGeometry& g, const int* offsets,
+                                          long long row) {
+  __shared__ RowSpan spans[kMaxRowsPerBlock];
+  __syncthreads();  // the previous rows' spans are read by now
+  if (threadIdx.x == 0 && row < row_count(g)) spans[threadIdx.y] = row_span(g, offsets, row);
+  __syncthreads();
+  return spans[threadIdx.y];
+}
 
 // Forward: one thread per output value, consecutive threads write consecutive
 // values (and read consecutive image values): coalesced on both sides.
@@ -134,16 +155,18 @@ __global__ void extract_patches_kernel(const In* __restrict__ images,
                                        float scale, float fill) {
   const PatchGeometry g =
       make_geometry(batch, n_patches, n_dims, d0, d1, d2, channels, p0, p1, p2);
-  const long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
-  if (row >= row_count(g)) return;
   const int len = row_length(g);
-  const RowSpan s = row_span(g, offsets, row);
   const Out fill_value = static_cast<Out>(fill);
-  Out* dst = out + row * len;
-  for (int col = threadIdx.x; col < len; col += blockDim.x) {
-    dst[col] = (col >= s.lo && col < s.hi)
-                   ? Convert<In, Out>::apply(images[s.src + col - s.lo], scale)
-                   : fill_value;
+  for (long long row = first_row(); row - threadIdx.y < row_count(g); row += row_stride()) {
+    const RowSpan s = shared_row_span(g, offsets, row);
+    if (row < row_count(g)) {
+      Out* dst = out + row * len;
+      for (int col = threadIdx.x; col < len; col += blockDim.x) {
+        dst[col] = (col >= s.lo && col < s.hi)
+                       ? Convert<In, Out>::apply(images[s.src + col - s.lo], scale)
+                       : fill_value;
+      }
+    }
   }
 }
 
@@ -158,12 +181,12 @@ __global__ void extract_patches_grad_kernel(const T* __restrict__ grad,
                                             int p1, int p2, float scale) {
   const PatchGeometry g =
       make_geometry(batch, n_patches, n_dims, d0, d1, d2, channels, p0, p1, p2);
-  const long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
-  if (row >= row_count(g)) return;
-  const RowSpan s = row_span(g, offsets, row);
-  const T* src = grad + row * row_length(g);
-  for (int col = s.lo + threadIdx.x; col < s.hi; col += blockDim.x) {
-    atomicAdd(image_grad + s.src + col - s.lo, Convert<T, T>::apply(src[col], scale));
+  for (long long row = first_row(); row - threadIdx.y < row_count(g); row += row_stride()) {
+    const RowSpan s = shared_row_span(g, offsets, row);
+    const T* src = grad + row * row_length(g);
+    for (int col = s.lo + threadIdx.x; row < row_count(g) && col < s.hi; col += blockDim.x) {
+      atomicAdd(image_grad + s.src + col - s.lo, Convert<T, T>::apply(src[col], scale));
+    }
   }
 }
 

@@ -7,11 +7,18 @@
 namespace ats {
 namespace {
 
+// One block per blockDim.y rows, at most as many blocks as the GPU holds at
+// once (the kernels stride over the rest): fewer, longer-lived blocks.
 dim3 grid_for(const PatchGeometry& g, dim3* block) {
   int tx, ty;
   launch_shape(row_length(g), &tx, &ty);
   *block = dim3(tx, ty);
-  return dim3((unsigned)((row_count(g) + ty - 1) / ty));
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const long long resident = sms > 0 ? (long long)sms * (2048 / (tx * ty)) : 65535;
+  const long long wanted = (row_count(g) + ty - 1) / ty;
+  return dim3((unsigned)(wanted < resident ? wanted : resident));
 }
 
 template <typename In, typename Out>
