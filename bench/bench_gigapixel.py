@@ -248,6 +248,14 @@ def share(hits: int, total: int) -> str:
     return f"{hits / total * 100:.0f}% ({hits}/{total})"
 
 
+def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion ``hits / total``."""
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
 def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
     lines = [
         "# Gigapixel: two-level attention sampling on slides by reference",
@@ -265,7 +273,7 @@ def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
         "halving down to one tile, each referenced by path (`tile`) through a server process on loopback, "
         "one fresh server per size and model. Exact views: the same model, slides and seeds through "
         "`model_ops.two_level_pipeline.run_two_level` on views rendered from the slides' layouts, "
-        "losslessly, as training saw them: the gap to the served column is what the JPEG tiles change "
+        "losslessly: the gap to the served column is what the JPEG tiles change "
         "(a digit on the coarse view is a mark of a few grey levels, which JPEG blurs or removes).",
         "",
         f"Latency: p50 of {args.requests} requests (seeds 1..{args.requests}, sampled, attention maps "
@@ -306,6 +314,13 @@ def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
             f"{r['window']['decode_ms']:.1f} ms + {r['window']['windows'] / r['window']['tiles']:.0f} x "
             f"{r['window']['window_us']:.0f} us) | {r['window']['total_s'] / r['p50_s']:.0f}x |"
         )
+    lines += ["", "Two-level accuracy with 95% Wilson intervals (as served):", ""]
+    for size, r in rows.items():
+        cells = []
+        for mode in ("top_k", "sample"):
+            low, high = wilson(r[mode], r["slides"])
+            cells.append(f"{mode.replace('_', '-')} {share(r[mode], r['slides'])}, {low:.1%}-{high:.1%}")
+        lines.append(f"- {size}x{size}: " + "; ".join(cells))
     lines += [
         "",
         "Targets at 100k x 100k (issue 14): accuracy at least 95%, p50 under 1 s, cold bytes at most 1% of "
@@ -361,7 +376,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,30000,100000")
-    parser.add_argument("--slides", default="30,30,40", help="slides per size, in the order of --sizes")
+    parser.add_argument("--slides", default="30,30,100", help="slides per size, in the order of --sizes")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--window-sample", type=int, default=64, help="tiles timed for the sliding window")
     parser.add_argument(
