@@ -17,6 +17,8 @@ import subprocess
 
 import numpy as np
 
+from tests.model_ops.test_extract_patches_reference import DTYPES, random_case, random_images
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "model_ops" / "cc" / "kernels"
 SHIM = pathlib.Path(__file__).resolve().parent / "launcher_shim.cu"
@@ -27,6 +29,9 @@ C_TYPES = {
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
 }
+# The (input, output) dtype pairs the op registers, and gradient tolerances.
+PAIRS = [(d, d) for d in DTYPES] + [(np.uint8, np.float32), (np.uint16, np.float32)]
+FLOAT_TOLERANCES = [(np.float16, 1e-2), (np.float32, 1e-5), (np.float64, 1e-12)]
 # ats::GpuType, in the enum's order (extract_patches_gpu.h).
 GPU_TYPES = {np.dtype(t): i for i, t in enumerate([np.uint8, np.uint16, np.float16, np.float32, np.float64])}
 
@@ -42,6 +47,14 @@ def _cupy():
 
 
 cp = _cupy()
+
+
+def gradient_cases(n_dims: int, dtype, count: int = 8):
+    """Random ``(images, offsets, grad)`` for the gradient's tests (grad shaped like the patches)."""
+    rng = np.random.default_rng(n_dims)
+    for _ in range(count):
+        images, offsets, size = random_case(rng, n_dims, dtype)
+        yield images, offsets, random_images(rng, (*offsets.shape[:2], *size, images.shape[-1]), dtype)
 
 
 def geometry(image_shape, n_patches, size) -> list[int]:

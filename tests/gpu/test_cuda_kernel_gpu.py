@@ -15,18 +15,24 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from tests.gpu.kernels import cp, forward_name, geometry, grad_name, nvrtc_launch, nvrtc_module
+from tests.gpu.kernels import (
+    FLOAT_TOLERANCES,
+    PAIRS,
+    cp,
+    forward_name,
+    geometry,
+    grad_name,
+    gradient_cases,
+    nvrtc_launch,
+    nvrtc_module,
+)
 from tests.model_ops.test_extract_patches_reference import (
-    DTYPES,
     random_case,
-    random_images,
     reference_patches,
     reference_scatter,
 )
 
-PAIRS = [(d, d) for d in DTYPES] + [(np.uint8, np.float32), (np.uint16, np.float32)]
-FLOATS = [np.float16, np.float32, np.float64]
-NAMES = tuple([forward_name(i, o) for i, o in PAIRS] + [grad_name(d) for d in FLOATS])
+NAMES = tuple([forward_name(i, o) for i, o in PAIRS] + [grad_name(d) for d, _ in FLOAT_TOLERANCES])
 
 pytestmark = pytest.mark.skipif(cp is None, reason="no GPU with CuPy on this machine")
 
@@ -68,12 +74,9 @@ def test_forward_kernel_matches_numpy(pair, n_dims, threads_x, max_blocks):
 
 @pytest.mark.parametrize("max_blocks", [0, 1, 3])
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
-@pytest.mark.parametrize("dtype, rtol", [(np.float16, 1e-2), (np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("dtype, rtol", FLOAT_TOLERANCES)
 def test_gradient_kernel_matches_numpy(dtype, rtol, n_dims, max_blocks):
-    rng = np.random.default_rng(n_dims)
-    for _ in range(8):
-        images, offsets, size = random_case(rng, n_dims, dtype)
-        grad = random_images(rng, (*offsets.shape[:2], *size, images.shape[-1]), dtype)
+    for images, offsets, grad in gradient_cases(n_dims, dtype):
         got = gpu_scatter(grad, offsets, images.shape, 0.5, max_blocks).get()
         np.testing.assert_allclose(
             got, reference_scatter(grad, offsets, images.shape, 0.5), rtol=rtol, atol=rtol

@@ -16,17 +16,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from tests.gpu.kernels import Launchers, build_launchers, cp
+from tests.gpu.kernels import FLOAT_TOLERANCES, PAIRS, Launchers, build_launchers, cp, gradient_cases
 from tests.model_ops.test_extract_patches_reference import (
-    DTYPES,
     random_case,
     random_images,
     reference_patches,
     reference_scatter,
 )
-
-PAIRS = [(d, d) for d in DTYPES] + [(np.uint8, np.float32), (np.uint16, np.float32)]
-FLOATS = [(np.float16, 1e-2), (np.float32, 1e-5), (np.float64, 1e-12)]
 
 pytestmark = pytest.mark.skipif(cp is None, reason="no GPU with CuPy on this machine")
 
@@ -59,12 +55,9 @@ def test_forward_launcher_matches_numpy_on_a_side_stream(launchers, pair, n_dims
 
 
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
-@pytest.mark.parametrize("dtype, rtol", FLOATS)
+@pytest.mark.parametrize("dtype, rtol", FLOAT_TOLERANCES)
 def test_gradient_launcher_zeroes_then_scatters(launchers, dtype, rtol, n_dims):
-    rng = np.random.default_rng(n_dims)
-    for _ in range(8):
-        images, offsets, size = random_case(rng, n_dims, dtype)
-        grad = random_images(rng, (*offsets.shape[:2], *size, images.shape[-1]), dtype)
+    for images, offsets, grad in gradient_cases(n_dims, dtype):
         image_grad = cp.full(images.shape, np.nan, dtype)  # garbage the launcher must clear
         assert launchers.scatter_into(cp.asarray(grad), cp.asarray(offsets), image_grad, 0.5) is None
         expected = reference_scatter(grad, offsets, images.shape, 0.5)
