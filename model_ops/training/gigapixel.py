@@ -105,7 +105,6 @@ class GigapixelRecipe:
     coarse_virtual_side: int = 300_000
     coarse_box_targets: bool = True
     coarse_off_target_weight: float = 0.25
-    coarse_evenness_weight: float = 0.0
     # coarse views made as a server makes them from JPEG-tiled slides, at a
     # quality drawn per canvas (scanners store 70 to 95); the rest exact
     coarse_exact_share: float = 0.5
@@ -226,19 +225,15 @@ def digit_cells(layout: Layout, map_shape: tuple[int, int], width: int = 5, box:
     return cells
 
 
-def cell_cross_entropy(cells, attention, off_target_weight: float = 1.0, evenness_weight: float = 0.0):
+def cell_cross_entropy(cells, attention, off_target_weight: float = 1.0):
     """Cross-entropy of maps ``(B, S)`` to equal mass on each target ``(B, M, C)`` (its cells; -1: none).
 
     A target's mass is the sum over its cells, so the loss is indifferent to
     how a digit's mass is shared among the cells it touches. The loss splits
     into the cross-entropy among the targets (how evenly they share their
     mass) plus ``-log`` of their total mass (how much leaks off them);
-    ``off_target_weight`` scales the second part. The cross-entropy among
-    the targets barely grows with their unevenness (a spread of 0.3, standard
-    deviation over mean, costs about 0.04 nats), so ``evenness_weight`` adds
-    that much times the variance of the targets' log masses. One-cell
-    targets may come as ``(B, M)``: Keras drops a last axis of 1 from
-    ``y_true``.
+    ``off_target_weight`` scales the second part. One-cell targets may come
+    as ``(B, M)``: Keras drops a last axis of 1 from ``y_true``.
     """
     cells = _target_sets(cells)
     batch, targets, per_target = keras.ops.shape(cells)
@@ -250,21 +245,15 @@ def cell_cross_entropy(cells, attention, off_target_weight: float = 1.0, evennes
     valid = keras.ops.cast(cells[..., 0] >= 0, attention.dtype)
     on_targets = keras.ops.sum(mass * valid, axis=-1, keepdims=True)
     among = -keras.ops.log(mass / (on_targets + 1e-12) + 1e-12) * valid
-    count = keras.ops.maximum(keras.ops.sum(valid, axis=-1), 1.0)
-    among = keras.ops.sum(among, axis=-1) / count
-    loss = among - off_target_weight * keras.ops.log(on_targets[:, 0] + 1e-12)
-    if evenness_weight:
-        log_mass = keras.ops.log(mass + 1e-12) * valid
-        centred = (log_mass - (keras.ops.sum(log_mass, axis=-1) / count)[:, None]) * valid
-        loss += evenness_weight * keras.ops.sum(centred * centred, axis=-1) / count
-    return loss
+    among = keras.ops.sum(among, axis=-1) / keras.ops.maximum(keras.ops.sum(valid, axis=-1), 1.0)
+    return among - off_target_weight * keras.ops.log(on_targets[:, 0] + 1e-12)
 
 
-def target_loss(off_target_weight: float, evenness_weight: float = 0.0):
-    """:func:`cell_cross_entropy` with these weights, as a Keras loss."""
+def target_loss(off_target_weight: float):
+    """:func:`cell_cross_entropy` with ``off_target_weight``, as a Keras loss."""
 
     def cell_loss(cells, attention):
-        return cell_cross_entropy(cells, attention, off_target_weight, evenness_weight)
+        return cell_cross_entropy(cells, attention, off_target_weight)
 
     return cell_loss
 
@@ -355,12 +344,10 @@ def _fit(
     verbose: int,
     empty_cells: int = 0,
     off_target_weight: float = 1.0,
-    evenness_weight: float = 0.0,
 ) -> dict:
     """Fit one attention network's softmax to digit cells on uint8 views (see :func:`fit_model`)."""
     model = fit_model(logits, empty_cells, f"{stage}_fit")
-    loss = target_loss(off_target_weight, evenness_weight)
-    model.compile(keras.optimizers.Adam(lr), loss, metrics=[top_cell_on_digit])
+    model.compile(keras.optimizers.Adam(lr), target_loss(off_target_weight), metrics=[top_cell_on_digit])
     history = model.fit(
         *data,
         batch_size=recipe.batch_size,
@@ -389,7 +376,6 @@ def train_coarse(run: RunDir, nets: TwoLevelNets, recipe: GigapixelRecipe, verbo
         verbose,
         empty_cells=(recipe.coarse_virtual_side // COARSE_FACTOR) ** 2,
         off_target_weight=recipe.coarse_off_target_weight,
-        evenness_weight=recipe.coarse_evenness_weight,
     )
 
 
