@@ -299,7 +299,7 @@ def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
-    for size, r in rows.items():
+    for size, r in sorted(rows.items()):
         n = r["slides"]
         lines.append(
             f"| {size}x{size} | {r['file_mb']:.0f} MB | {r['write_s']:.0f} s | {n} "
@@ -315,7 +315,7 @@ def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
             f"{r['window']['window_us']:.0f} us) | {r['window']['total_s'] / r['p50_s']:.0f}x |"
         )
     lines += ["", "Two-level accuracy with 95% Wilson intervals (as served):", ""]
-    for size, r in rows.items():
+    for size, r in sorted(rows.items()):
         cells = []
         for mode in ("top_k", "sample"):
             low, high = wilson(r[mode], r["slides"])
@@ -376,7 +376,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,30000,100000")
-    parser.add_argument("--slides", default="30,30,100", help="slides per size, in the order of --sizes")
+    parser.add_argument("--slides", default="30,30,60", help="slides per size, in the order of --sizes")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--window-sample", type=int, default=64, help="tiles timed for the sliding window")
     parser.add_argument(
