@@ -195,7 +195,9 @@ def make_all(out: pathlib.Path, names: Sequence[str] = (), days: int = 90) -> No
         write(out / f"{name}-key.pem", key_pem(key), 0o600)
         write(out / f"{name}.pem", cert_pem(cert), 0o644)
     if not (out / "token").is_file():
-        write(out / "token", secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+        # hex, not URL-safe base64: such a token may begin with "-", which a
+        # command line (`ats-client --token TOKEN`) reads as an option
+        write(out / "token", secrets.token_hex(32).encode() + b"\n", 0o600)
     token = (out / "token").read_text().strip()
     write(out / "tokens.sha256", f"# ats-serve --auth-tokens-file\n{token_hash(token)}\n".encode(), 0o644)
 

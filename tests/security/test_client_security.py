@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,10 @@ def image(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("image") / "image.png"
     path.write_bytes(encode_image(random_image(96, 96)))
     return path
+
+
+def test_the_development_token_reads_as_a_flag_value(pki):
+    assert re.fullmatch("[0-9a-f]{64}", pki.token)  # never "-...", which argparse takes for an option
 
 
 def test_cli_predicts_with_certificates_and_a_token(mutual_tls_server, pki, image):
