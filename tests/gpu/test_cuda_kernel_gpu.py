@@ -2,7 +2,7 @@
 
 Compiled through CuPy's RawModule (NVRTC) straight from the header, checked
 against the NumPy oracle on random inputs, every dtype pair, 1-D to 3-D.
-Needs a GPU and CuPy, so the default test run does not collect tests/gpu/
+Needs a GPU and CuPy (fails without), so the default test run does not collect tests/gpu/
 (pyproject's norecursedirs); on a GPU machine run ``python -m pytest tests/gpu``.
 """
 
@@ -25,6 +25,7 @@ from tests.gpu.kernels import (
     gradient_cases,
     nvrtc_launch,
     nvrtc_module,
+    require_gpu,
 )
 from tests.model_ops.test_extract_patches_reference import (
     random_case,
@@ -34,7 +35,7 @@ from tests.model_ops.test_extract_patches_reference import (
 
 NAMES = tuple([forward_name(i, o) for i, o in PAIRS] + [grad_name(d) for d, _ in FLOAT_TOLERANCES])
 
-pytestmark = pytest.mark.skipif(cp is None, reason="no GPU with CuPy on this machine")
+require_gpu()
 
 
 def gpu_patches(images, offsets, size, fill=0.0, out_dtype=None, scale=1.0, threads_x=0, max_blocks=0):

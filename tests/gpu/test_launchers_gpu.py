@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from tests.gpu.kernels import FLOAT_TOLERANCES, PAIRS, Launchers, build_launchers, cp, gradient_cases
+from tests.gpu.kernels import (
+    FLOAT_TOLERANCES,
+    PAIRS,
+    Launchers,
+    build_launchers,
+    cp,
+    gradient_cases,
+    require_gpu,
+)
 from tests.model_ops.test_extract_patches_reference import (
     random_case,
     random_images,
@@ -24,7 +32,7 @@ from tests.model_ops.test_extract_patches_reference import (
     reference_scatter,
 )
 
-pytestmark = pytest.mark.skipif(cp is None, reason="no GPU with CuPy on this machine")
+require_gpu()
 
 
 @pytest.fixture(scope="module")
