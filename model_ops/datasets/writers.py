@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from model_ops.datasets.digits import DIGIT_SIZE
 from model_ops.datasets.megapixel_digits import Layout, level_shape, render_canvas, render_region
 
 _JPEG_MAX_SIDE = 65500
@@ -62,12 +63,38 @@ def pyramid_factors(height: int, width: int, tile: int) -> list[int]:
     return factors
 
 
-def _tiles(layout: Layout, factor: int, tile: int) -> Iterator[np.ndarray]:
-    """Row-major tiles of one level; edge tiles are cut short (tifffile pads them)."""
+def _touched_tiles(layout: Layout, factor: int, tile: int) -> set[tuple[int, int]]:
+    """(row, col) of every tile of the level downsampled by ``factor`` that an object touches."""
+    touched: set[tuple[int, int]] = set()
+    for y, x in zip(layout.ys.tolist(), layout.xs.tolist(), strict=True):
+        rows = range(y // factor // tile, (y + DIGIT_SIZE - 1) // factor // tile + 1)
+        cols = range(x // factor // tile, (x + DIGIT_SIZE - 1) // factor // tile + 1)
+        touched.update((row, col) for row in rows for col in cols)
+    return touched
+
+
+def _encoded_tiles(
+    layout: Layout, factor: int, tile: int, encode: Callable[[np.ndarray], bytes]
+) -> Iterator[bytes]:
+    """Row-major encoded tiles of one level, edge tiles padded with zeros as TIFF stores them.
+
+    A gigapixel canvas is nearly all background: its empty tiles, 99% of a
+    100k x 100k level, are one tile encoded once rather than rendered and
+    encoded 150,000 times.
+    """
     height, width = level_shape(layout.height, layout.width, factor)
+    touched = _touched_tiles(layout, factor, tile)
+    empty: bytes | None = None
     for top in range(0, height, tile):
         for left in range(0, width, tile):
-            yield render_region(layout, top, left, min(tile, height - top), min(tile, width - left), factor)
+            if (top // tile, left // tile) not in touched:
+                empty = empty if empty is not None else encode(np.zeros((tile, tile, 1), np.uint8))
+                yield empty
+                continue
+            rows, cols = min(tile, height - top), min(tile, width - left)
+            pixels = np.zeros((tile, tile, 1), np.uint8)
+            pixels[:rows, :cols, 0] = render_region(layout, top, left, rows, cols, factor)
+            yield encode(pixels)
 
 
 def write_tiff(
@@ -88,18 +115,28 @@ def write_tiff(
     if tile % 16:
         raise ValueError(f"TIFF tiles must be a multiple of 16 px, got {tile}")
     factors = pyramid_factors(layout.height, layout.width, tile)
+    # tiles are encoded here with tifffile's own encoder for ``compression``, and written as they are
+    scheme = (
+        tifffile.COMPRESSION.ADOBE_DEFLATE
+        if compression == "zlib"
+        else tifffile.COMPRESSION[compression.upper()]
+    )
+    encoder = tifffile.TIFF.COMPRESSORS[scheme]
+    arguments = {} if quality is None else {"level": quality}
+
+    def encode(pixels: np.ndarray) -> bytes:
+        return bytes(encoder(pixels, **arguments))
+
     options = {
         "dtype": np.uint8,
         "tile": (tile, tile),
-        "compression": compression,
+        "compression": scheme,
         "photometric": "minisblack",
     }
-    if quality is not None:
-        options["compressionargs"] = {"level": quality}
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level, factor in enumerate(factors):
             tif.write(
-                _tiles(layout, factor, tile),
+                _encoded_tiles(layout, factor, tile, encode),
                 shape=level_shape(layout.height, layout.width, factor),
                 subifds=len(factors) - 1 if level == 0 else None,
                 subfiletype=1 if level else 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -60,6 +61,27 @@ def test_tiff_pyramid_levels(layout, tmp_path):
         for level, factor in zip(levels[1:], factors[1:], strict=True):
             expected = render_region(layout, 0, 0, *level_shape(1000, 1300, factor), factor=factor)
             assert np.array_equal(level.asarray(), expected)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "jpeg"])
+def test_objects_across_tile_borders_reach_every_tile_they_touch(compression, tmp_path):
+    """Empty tiles are written as one shared encoded tile: every tile an object
+    touches, at every level, must still be rendered, including objects across
+    tile corners and in the partial tiles at the right and bottom edges."""
+    base = make_layout(CanvasSpec(height=700, width=900, n_noise=5), "test", 9, 1)
+    ys, xs = np.array([0, 240, 500, 672, 10]), np.array([0, 240, 1, 500, 872])  # corners, edges
+    layout = dataclasses.replace(base, ys=ys, xs=xs, classes=base.classes[:5], sprites=base.sprites[:5])
+    write_tiff(layout, tmp_path / "c.tif", tile=256, compression=compression)
+    with tifffile.TiffFile(tmp_path / "c.tif") as tif:
+        levels = tif.series[0].levels
+        for level, factor in zip(levels, pyramid_factors(700, 900, 256), strict=True):
+            expected = render_region(layout, 0, 0, *level_shape(700, 900, factor), factor=factor)
+            written = level.asarray().astype(np.int64)
+            if compression == "zlib":
+                assert np.array_equal(written, expected)
+            else:  # lossy, but every object's ink is there: no touched tile was written empty
+                assert np.abs(written - expected).max() < 48
+                assert written.sum() == pytest.approx(expected.sum(), rel=0.02)
 
 
 def test_huge_tiff_is_written_tile_by_tile(tmp_path):
