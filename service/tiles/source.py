@@ -133,10 +133,9 @@ class TileSource(ImageSource):
                 f"{self._max_level_pixels}; add pyramid levels to the file",
                 field="tile.path",
             )
-        # the level as read (native channels), converted, and its copy in the
-        # aligned buffer TensorFlow reads: charged before a tile is decoded
-        native = self._reader.native_channels
-        budget.before_decode(height * width, native + 2 * self._channels, f"{self.format_name} level {level}")
+        # the level, converted tile by tile into the buffer TensorFlow reads, and as much
+        # again for resampling it (measured): charged before a tile is decoded
+        budget.before_decode(height * width, 2 * self._channels, f"{self.format_name} level {level}")
         with self._traced_read(level, regions=1):
             pixels = self._reader.read(level, 0, 0, height, width, self._channels, self._recorder)
         return low_resolution_view(shared_tensor(pixels), size)
@@ -168,9 +167,9 @@ class TileSource(ImageSource):
         )
         fy, fx = level_height / height, level_width / width
         box = (max(1, round(region_size[0] * fy)), max(1, round(region_size[1] * fx)))
-        native = self._reader.native_channels
+        # the boxes as read (converted tile by tile) and stacked
         budget.before_decode(
-            len(offsets) * box[0] * box[1], native + 2 * self._channels, f"{self.format_name} regions"
+            len(offsets) * box[0] * box[1], 2 * self._channels, f"{self.format_name} regions"
         )
         with self._traced_read(level, regions=len(offsets)):
             boxes = np.stack(

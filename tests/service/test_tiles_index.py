@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import pathlib
 import struct
+import tracemalloc
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tifffile
+from PIL import Image
 
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout
 from model_ops.datasets.writers import write_tiff
 from service.errors import ServiceError
+from service.pipeline.codecs import ALIGNMENT
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
@@ -75,6 +78,26 @@ def test_a_region_reads_index_entries_not_the_whole_index(root: pathlib.Path) ->
     assert stats["bytes_read"] < index_bytes / 5  # the structure is a few kilobytes
 
 
+def test_an_open_reader_does_not_hold_the_index(tmp_path: pathlib.Path) -> None:
+    """tifffile parses each level's whole index (as zeros, unread) with its page; an open
+    reader must not keep it: a server caches readers, and at 16 bytes a tile a 100k x 100k
+    slide's index is 3.4 MB a reader, which once grew a server past 1.6 GB on 60 slides."""
+    held = {}
+    for side in (2048, 8192):  # 1365 and 21845 tiles of 64 px over all levels
+        layout = make_layout(CanvasSpec(height=side, width=side, n_noise=0), "test", 3, 0)
+        write_tiff(layout, tmp_path / f"{side}.tif", tile=TILE)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            source = TileOpener(str(tmp_path), 1 << 20)(TileRef(f"{side}.tif"), 1, LIMITS)
+            held[side] = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert source.shape[:2] == (side, side)
+    # the index of the 20480 more tiles is 320 KB; two more levels' structure is a few KB
+    assert held[8192] - held[2048] < 64 << 10, held
+
+
 @pytest.mark.parametrize(("name", "channels"), [("digits.tif", 1), ("rgb.tif", 3)])
 def test_pixels_are_tifffiles_own(root: pathlib.Path, name: str, channels: int) -> None:
     expected = tifffile.imread(root / name, level=0)
@@ -85,6 +108,24 @@ def test_pixels_are_tifffiles_own(root: pathlib.Path, name: str, channels: int) 
     patches = np.asarray(source.patches(tf.constant([corners], tf.int32), PATCH))[0]
     for (y, x), patch in zip(corners, patches, strict=True):
         np.testing.assert_array_equal(patch, expected[y : y + PATCH[0], x : x + PATCH[1]])
+
+
+def test_a_level_converts_tile_by_tile(root: pathlib.Path) -> None:
+    """A whole RGB level read for a grey model equals Pillow's conversion of the whole
+    image, and costs its grey size, not the RGB level plus converted copies (a coarse
+    view of a 100k slide reads 39 megapixels)."""
+    expected = np.asarray(Image.fromarray(tifffile.imread(root / "rgb.tif")).convert("L"))
+    source = TileOpener(str(root), 0)(TileRef("rgb.tif", level=0), 1, LIMITS)
+    reader, (height, width) = source._reader, source.shape[:2]
+    tracemalloc.start()
+    try:
+        pixels = reader.read(0, 0, 0, height, width, 1, source._recorder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(pixels[..., 0], expected)
+    assert pixels.ctypes.data % ALIGNMENT == 0  # TensorFlow takes it as it is
+    assert peak < 1.2 * height * width, (peak, height * width)
 
 
 def forged(root: pathlib.Path, tmp_path: pathlib.Path, forge: Forge) -> str:
