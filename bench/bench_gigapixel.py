@@ -376,7 +376,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,30000,100000")
-    parser.add_argument("--slides", default="30,30,60", help="slides per size, in the order of --sizes")
+    parser.add_argument("--slides", default="100,100,200", help="slides per size, in the order of --sizes")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--window-sample", type=int, default=64, help="tiles timed for the sliding window")
     parser.add_argument(
