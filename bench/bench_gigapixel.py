@@ -302,7 +302,7 @@ def report(args: argparse.Namespace, rows: dict[int, dict]) -> str:
     for size, r in sorted(rows.items()):
         n = r["slides"]
         lines.append(
-            f"| {size}x{size} | {r['file_mb']:.0f} MB | {r['write_s']:.0f} s | {n} "
+            f"| {size}x{size} | {r['file_mb']:.0f} MB | {r['write_s']:.2g} s | {n} "
             f"| {share(r['top_k'], n)} | {share(r['sample'], n)} "
             f"| {share(r['nearest_top_k'], n)} / {share(r['nearest_sample'], n)} "
             f"| {share(r['exact_top_k'], n)} / {share(r['exact_sample'], n)} "
