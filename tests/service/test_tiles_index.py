@@ -6,6 +6,7 @@ is refused as the whole index was."""
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import struct
 import tracemalloc
@@ -24,7 +25,9 @@ from service.pipeline.codecs import ALIGNMENT
 from service.pipeline.payload import TileRef
 from service.pipeline.sources import SourceLimits
 from service.tiles import TileOpener
-from service.tiles.readers.tiff import MAX_SEGMENT_BYTES
+from service.tiles.paths import DataRoot
+from service.tiles.readers.tiff import MAX_SEGMENT_BYTES, check_segments
+from service.tiles.stats import ReadStats, Recorder
 
 LIMITS = SourceLimits(max_image_pixels=50_000_000, max_image_bytes=64 << 20)
 TILE = 64
@@ -108,6 +111,25 @@ def test_pixels_are_tifffiles_own(root: pathlib.Path, name: str, channels: int) 
     patches = np.asarray(source.patches(tf.constant([corners], tf.int32), PATCH))[0]
     for (y, x), patch in zip(corners, patches, strict=True):
         np.testing.assert_array_equal(patch, expected[y : y + PATCH[0], x : x + PATCH[1]])
+
+
+def test_the_slide_precheck_leaves_no_index_behind(tmp_path: pathlib.Path) -> None:
+    """``check_segments`` (run before OpenSlide opens a TIFF-based slide) parses the file
+    with tifffile and closes it; what it leaves in the TiffFile's reference cycles, until
+    a full garbage collection, must not include the pages' whole tile index."""
+    zeros = np.zeros((8192, 8192), np.uint8)  # 16384 tiles of 64 px: a 256 KB index
+    tifffile.imwrite(tmp_path / "one.tif", zeros, tile=(TILE, TILE), compression="zlib", bigtiff=True)
+    file = DataRoot(str(tmp_path)).open("one.tif")
+    gc.disable()
+    tracemalloc.start()
+    try:
+        check_segments(file, Recorder(ReadStats(), ReadStats(), None))
+        left = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+        file.close()
+    assert left < 64 << 10, left
 
 
 def test_a_level_converts_tile_by_tile(root: pathlib.Path) -> None:

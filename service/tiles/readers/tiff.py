@@ -406,6 +406,19 @@ class _SegmentIndex:
         return offset, count, offset_read + count_read
 
 
+def _drop_segment_arrays(pages: list[tifffile.TiffPage]) -> None:
+    """Drop tifffile's segment arrays of ``pages`` (read as zeros by ``_ParsedFile``;
+    ``_SegmentIndex`` locates tiles): 16 bytes a tile, 3.4 MB for a 100k x 100k slide,
+    held as long as a reader is cached, and once its TiffFile is closed (here or by a
+    reader) until a full garbage collection frees the TiffFile's reference cycles."""
+    for page in pages:
+        page.dataoffsets = page.databytecounts = ()
+        for code in (*_SEGMENT_OFFSETS, *_SEGMENT_BYTE_COUNTS):
+            tag = page.tags.get(code)
+            if tag is not None:
+                tag.value = ()
+
+
 def check_segments(file: ConfinedFile, recorder: Recorder) -> None:
     """Refuse a TIFF-based slide before OpenSlide reads it if any page's tiles
     (or strips) are empty, inconsistent or larger than ``MAX_SEGMENT_BYTES``:
@@ -415,22 +428,10 @@ def check_segments(file: ConfinedFile, recorder: Recorder) -> None:
     with _parse(_ParsedFile(file.fd, file.size, recorder))[0] as tif:
         with unreadable_is_invalid("not a readable slide", _TIFFFILE_ERRORS):
             pages, ndpi = [_Page.of(page) for page in tif.pages], tif.is_ndpi
+        _drop_segment_arrays([page.page for page in pages])
         for page in pages:
             if page.tiled or not ndpi:
                 _grid(page)
-
-
-def _drop_segment_arrays(pages: list[tifffile.TiffPage]) -> None:
-    """Drop tifffile's segment arrays of ``pages`` (read as zeros by ``_ParsedFile``;
-    ``_SegmentIndex`` locates tiles): 16 bytes a tile, 3.4 MB for a 100k x 100k slide,
-    held as long as the reader is cached, and after it is closed until a full garbage
-    collection frees the TiffFile's reference cycles."""
-    for page in pages:
-        page.dataoffsets = page.databytecounts = ()
-        for code in (*_SEGMENT_OFFSETS, *_SEGMENT_BYTE_COUNTS):
-            tag = page.tags.get(code)
-            if tag is not None:
-                tag.value = ()
 
 
 class TiffReader(Reader):
