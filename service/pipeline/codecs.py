@@ -3,7 +3,8 @@
 imagecodecs wraps the same libraries Pillow does (libpng, libjpeg-turbo,
 libtiff, libwebp) and, for the layouts listed here, gives the very same
 samples, faster, with the GIL released for the whole decode (Pillow holds
-it while it decodes WebP). Measured: bench/results/decode.md.
+it while it decodes WebP). Plain PNGs skip libpng's zlib altogether
+(:mod:`service.pipeline.png`). Measured: bench/results/decode.md.
 
 Pillow still reads every header: the guards in :mod:`service.pipeline.decode`
 need the size and mode before any pixel is decoded, and the layouts below
@@ -26,6 +27,8 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 from PIL import ImageFile, TiffImagePlugin
+
+from service.pipeline import png
 
 # Pillow modes the decoders below produce, as (bands, dtype) of the samples.
 _LAYOUTS = {
@@ -152,8 +155,14 @@ class Codec(NamedTuple):
     to_grey: bool = True
 
 
+def _png_decode(data: bytes, out: np.ndarray) -> np.ndarray:
+    """libdeflate and the op library's filters where the file is plain, else libpng."""
+    pixels = png.decode(data, out)
+    return imagecodecs.png_decode(data, out=out) if pixels is None else pixels
+
+
 DECODERS: dict[str, Codec] = {
-    "PNG": Codec(_png, imagecodecs.png_decode, (imagecodecs.PngError, ValueError)),
+    "PNG": Codec(_png, _png_decode, (imagecodecs.PngError, ValueError)),
     # the same libjpeg-turbo as Pillow's, as fast: the copy loses when converting
     "JPEG": Codec(_jpeg, imagecodecs.jpeg8_decode, (imagecodecs.Jpeg8Error, ValueError), to_grey=False),
     # IndexError: a first directory libtiff cannot read where Pillow's parser could

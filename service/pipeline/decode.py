@@ -132,11 +132,11 @@ def check_mode(mode: str) -> None:
 def peak_bytes_per_pixel(mode: str, channels: int) -> int:
     """Memory a decode holds per pixel at its peak: Pillow's image (4 bytes a
     pixel for every multi-band mode, 1 for 8-bit grey; 16-bit grey is shifted
-    through NumPy arrays), its
-    converted copy, the array, and the pipeline's tensor copy of it."""
+    through NumPy arrays), or the PNG path's inflated rows and samples (2 bytes
+    a band), its converted copy, the array, and the pipeline's tensor copy of it."""
     bands = Image.getmodebands(mode)
     # 16-bit grey: 2 bytes stored, then a uint16 array and its shifted copy
-    stored = 4 if bands > 1 or mode in ("I", "F") else 7 if "16" in mode else 1
+    stored = max(4, 2 * bands) if bands > 1 or mode in ("I", "F") else 7 if "16" in mode else 1
     converted = 0 if mode == _MODES[channels] else (4 if channels == 3 else 1)
     return stored + converted + 2 * channels
 
