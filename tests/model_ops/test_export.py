@@ -216,17 +216,17 @@ def test_tensorflow_patch_releases_and_older_minors_are_accepted(version_dir, tm
     check_compatible(load_metadata(_copy_with(version_dir, tmp_path, tensorflow_version=exported)))
 
 
-@pytest.mark.parametrize("needed", ["0.0.1", "2.0.0", "1.1.0"])
+@pytest.mark.parametrize("needed", ["0.0.1", "2.0.0", "1.2.0"])
 def test_op_library_mismatch_is_refused(version_dir, tmp_path, needed):
     """Another major of the op interface, or a newer minor than installed, is refused."""
-    assert op_library_version() == "1.0.0"
+    assert op_library_version() == "1.1.0"
     copy = _copy_with(version_dir, tmp_path, op_library_version=needed)
     with pytest.raises(IncompatibleModelError, match=rf"op library {re.escape(needed)}"):
         check_compatible(load_metadata(copy))
 
 
 def test_op_library_patch_release_is_accepted(version_dir, tmp_path):
-    check_compatible(load_metadata(_copy_with(version_dir, tmp_path, op_library_version="1.0.7")))
+    check_compatible(load_metadata(_copy_with(version_dir, tmp_path, op_library_version="1.1.7")))
 
 
 def test_bad_metadata(version_dir, tmp_path):
