@@ -13,6 +13,9 @@ For 1500x1500 PNGs (Megapixel-digits canvases):
   the baseline; p99 under 3x the single-client p50);
 - server CPU per request at saturation against the floor, decode plus the fused
   graph measured in this process (target: within 1.3x);
+- the same with ``--precision bfloat16`` (its floor measured in a subprocess, the
+  setting being process-wide), and how far its answers are from float32 on
+  fresh test canvases (labels, accuracy, probabilities, patches);
 - throughput at 8 clients for a few TensorFlow thread settings.
 
 Uses the shipped model (models/megapixel-digits) when present, else a tiny
@@ -32,6 +35,7 @@ import os
 import pathlib
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -57,7 +61,10 @@ VARIANTS = {
     f"before ({BASELINE}, staged)": (),
     "fused, batching off": ("--batch-max-size", "0"),
     "fused, batching on": ("--batch-max-size", "8"),
+    "fused, bfloat16, batching off": ("--batch-max-size", "0", "--precision", "bfloat16"),
 }
+BFLOAT16 = "fused, bfloat16, batching off"
+AGREEMENT_SEED = 4242  # test-split canvases of the bfloat16 comparison, apart from the others
 THREAD_SETTINGS = ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2))  # (intra-op, inter-op); 0: TensorFlow's default
 
 
@@ -170,6 +177,63 @@ def floor_cpu(servable, png: bytes, runs: int) -> float:
         if seed >= 3:
             samples.append(time.process_time() - started)
     return statistics.median(samples)
+
+
+def floor_in_subprocess(precision: str, runs: int) -> float:
+    """``floor_cpu`` in a fresh process whose graphs run at ``precision``."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--print-floor", precision, "--runs", str(runs)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@dataclasses.dataclass
+class Agreement:
+    mode: str
+    canvases: int
+    same_label: int
+    correct_float32: int
+    correct_bfloat16: int
+    same_patches: int
+    differences: list[float]  # per canvas, the largest probability difference
+
+
+def precision_agreement(servable, sources, target: str, count: int) -> list[Agreement]:
+    """Answers of a bfloat16 server against this process's float32 pipeline on
+    ``count`` fresh test canvases, same seeds, per sampling mode."""
+    from PIL import Image
+
+    from ats_client import AtsClient
+    from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
+    from service.pipeline import runner
+    from service.pipeline.payload import EncodedImage
+
+    results = []
+    with AtsClient(target) as client:
+        for mode in ("top_k", "sample"):
+            agreement = Agreement(mode, count, 0, 0, 0, 0, [])
+            for index in range(count):
+                layout = make_layout(CanvasSpec(), "test", seed=AGREEMENT_SEED, index=index)
+                buffer = io.BytesIO()
+                Image.fromarray(render_canvas(layout)[..., 0]).save(buffer, format="PNG")
+                png = buffer.getvalue()
+                local = runner.run(
+                    servable, EncodedImage(png), runner.PredictOptions(seed=index, mode=mode), sources
+                )
+                served = client.predict(png, seed=index, mode=mode)
+                label = int(np.argmax(local.probabilities))
+                got = np.array([p.probability for p in served.probabilities])
+                agreement.same_label += served.label == str(label)
+                agreement.correct_float32 += label == layout.label
+                agreement.correct_bfloat16 += served.label == str(layout.label)
+                patches = {(p.y, p.x) for p in served.patches}
+                agreement.same_patches += patches == {tuple(o) for o in local.offsets.tolist()}
+                agreement.differences.append(float(np.abs(got - local.probabilities).max()))
+            results.append(agreement)
+    return results
 
 
 def paired(
@@ -338,8 +402,9 @@ def report(
     measured: dict[str, tuple[bytes, list, list, dict]],
     paths: tuple[list[float], list[float]],
     loads: dict[str, dict[int, Load]],
-    floor: float,
+    floors: dict[str, float],
     threads: dict[tuple[int, int], Load],
+    agreement: list[Agreement],
 ) -> str:
     lines = [
         "# Service benchmark",
@@ -424,20 +489,55 @@ def report(
                 f"| {ms(percentile(load.latencies, 99))} "
                 f"| {percentile(load.latencies, 99) / single:.2f} | {ms(load.cpu_per_request)} |"
             )
-    batched = loads["fused, batching on"]
+    batched, reduced = loads["fused, batching on"], loads[BFLOAT16]
     lines += [
         "",
         "Targets at 8 clients: throughput at least 2x the baseline, p99 under 3x the single-client "
-        "p50; single-client p50 no worse than the baseline.",
+        "p50; single-client p50 no worse than the baseline. The baseline runs its own `service` "
+        "package with this checkout's `model_ops` (so its low view already uses `AtsResizeArea`, "
+        "which makes it a little faster than it was).",
         "",
         "## CPU per request against the floor",
         "",
-        f"Floor: decoding the canvas PNG and running the fused graph on it in this process, CPU time of "
-        f"all its threads, median of {args.runs}: **{ms(floor)} ms**. Server CPU per request with "
-        f"batching on at 8 clients: {ms(batched[8].cpu_per_request)} ms, "
-        f"**{batched[8].cpu_per_request / floor:.2f}x** the floor (target: within 1.3x); at 16 clients: "
-        f"{batched[16].cpu_per_request / floor:.2f}x. The server's share above the floor is gRPC, "
-        "protobuf, the data plane and Python.",
+        f"Floor: decoding the canvas PNG and running the fused graph on it in one process, CPU time of "
+        f"all its threads, median of {args.runs}: **{ms(floors['float32'])} ms** in float32, "
+        f"**{ms(floors['bfloat16'])} ms** in bfloat16 (measured in a subprocess: the precision is "
+        "process-wide).",
+        "",
+        "| server | clients | server CPU per request (ms) | ratio to its floor |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, levels, floor in (
+        ("fused, batching on", batched, floors["float32"]),
+        (BFLOAT16, reduced, floors["bfloat16"]),
+    ):
+        for clients in (8, 16):
+            cpu = levels[clients].cpu_per_request
+            lines.append(f"| {name} | {clients} | {ms(cpu)} | **{cpu / floor:.2f}x** |")
+    lines += [
+        "",
+        "Target: within 1.3x. The server's share above the floor is gRPC, protobuf, the data plane "
+        "and Python.",
+        "",
+        "## bfloat16 against float32",
+        "",
+        f"{agreement[0].canvases} fresh test-split canvases (seed {AGREEMENT_SEED}), each sent as a PNG "
+        "to an `ats-serve --precision bfloat16` and run through this process's float32 pipeline, "
+        "same seed for both. Same patches: the same set of sampled positions. Probability "
+        "difference: the largest over the ten classes, per canvas.",
+        "",
+        "| mode | same label | right, float32 | right, bfloat16 | same patches "
+        "| probability difference median / 90th pct / max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in agreement:
+        lines.append(
+            f"| {row.mode} | {row.same_label}/{row.canvases} | {row.correct_float32} "
+            f"| {row.correct_bfloat16} | {row.same_patches}/{row.canvases} "
+            f"| {statistics.median(row.differences):.4f} / {percentile(row.differences, 90):.4f} "
+            f"/ {max(row.differences):.4f} |"
+        )
+    lines += [
         "",
         "## TensorFlow threads",
         "",
@@ -476,9 +576,21 @@ def main() -> None:
     parser.add_argument(
         "--canvases", type=int, default=30, help="fresh canvases of the in-process comparison"
     )
+    parser.add_argument(
+        "--agreement", type=int, default=100, help="fresh canvases of the bfloat16 comparison"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput level")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "service.md"))
+    parser.add_argument("--print-floor", metavar="PRECISION", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.print_floor:  # the subprocess of floor_in_subprocess
+        from service import precision
+
+        precision.apply(args.print_floor)
+        with tempfile.TemporaryDirectory() as tmp:
+            servable, _ = load_servable(*model_repository(pathlib.Path(tmp))[:2])
+            print(floor_cpu(servable, canvas_png(), args.runs))
+        return
     images = {"canvas": canvas_png(), "noise image": noise_png()}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
@@ -486,20 +598,27 @@ def main() -> None:
         servable, sources = load_servable(repository, name)
         pipeline = load_pipeline(servable, sources)
         paths = in_process_paths(servable, sources, args.canvases)
-        floor = floor_cpu(servable, images["canvas"], args.runs)
+        floors = {
+            "float32": floor_cpu(servable, images["canvas"], args.runs),
+            "bfloat16": floor_in_subprocess("bfloat16", args.runs),
+        }
         flags = (*SERVER_FLAGS, "--default-model", name)  # the shipped repository holds two models
         server = ServerProcess(repository, workdir / "server.log", *flags)
+        reduced = ServerProcess(repository, workdir / "bfloat16.log", *flags, "--precision", "bfloat16")
         try:
             server.wait_serving()
             measured = {
                 label: (png, *paired(pipeline, server.target, png, args.runs))
                 for label, png in images.items()
             }
+            reduced.wait_serving()
+            agreement = precision_agreement(servable, sources, reduced.target, args.agreement)
         finally:
             server.terminate()
+            reduced.terminate()
         loads = side_by_side(repository, workdir, images["canvas"], (1, 4, 8, 16), args.duration, flags)
         threads = thread_sweep(repository, workdir, images["canvas"], args.duration, flags)
-    text = report(args, model, measured, paths, loads, floor, threads)
+    text = report(args, model, measured, paths, loads, floors, threads, agreement)
     pathlib.Path(args.output).write_text(text)
     print(text)
 

@@ -110,6 +110,13 @@ class Config:
         "queued at once; batches still form while the previous one runs)",
     )
     batch_threads: int = _setting(1, "batches running at once")
+    precision: str = _setting(
+        "float32",
+        "arithmetic of the models: float32 (theirs) or bfloat16 (oneDNN mixed precision on CPUs "
+        "with AVX512_BF16 or AMX: about 1.5x the throughput, answers within about 1e-3; "
+        "bench/results/service.md)",
+        choices=("float32", "bfloat16"),
+    )
     intra_op_threads: int = _setting(
         0, "threads one TensorFlow op may use (0: TensorFlow's default, one per core)"
     )

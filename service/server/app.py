@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from ats_api.oip.v2 import open_inference_pb2 as oip_pb
 from ats_api.v1 import attention_sampling_pb2 as pb
-from service import tracing
+from service import precision, tracing
 from service.admission import Admission
 from service.batching import Batcher, BatchSettings
 from service.budget import MemoryBudget
@@ -153,6 +153,11 @@ class Server:
             log.error("cannot start: %s", error)
             raise
         _tensorflow_threads(config)
+        try:
+            precision.apply(config.precision)
+        except precision.PrecisionError as error:
+            log.error("cannot start: %s", error)
+            raise
         self.metrics = Metrics(registry)
         if config.tracing:
             tracing.configure(True)
