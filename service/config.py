@@ -113,8 +113,7 @@ class Config:
     precision: str = _setting(
         "float32",
         "arithmetic of the models: float32 (theirs) or bfloat16 (oneDNN mixed precision on CPUs "
-        "with AVX512_BF16 or AMX: about 1.5x the throughput, answers within about 1e-3; "
-        "bench/results/service.md)",
+        "with AVX512_BF16 or AMX: faster, answers move a little; bench/results/service.md)",
         choices=("float32", "bfloat16"),
     )
     intra_op_threads: int = _setting(

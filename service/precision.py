@@ -4,8 +4,8 @@ bfloat16 is TensorFlow's automatic mixed precision for oneDNN: a graph
 rewrite that runs convolutions and matrix products in bfloat16 (float32
 accumulation) where a CPU has bfloat16 instructions (AVX512_BF16 or AMX),
 and leaves softmax, sums and the like in float32. On this project's 2-core
-machine it halves the feature network's time; answers move by about 1e-3
-in probability and the sampled patches can differ (bench/results/service.md
+machine it halves the feature network's time; probabilities move by up to a
+few hundredths and the sampled patches can differ (bench/results/service.md
 measures both). Opt-in, like TensorRT's FP16 in Triton: float32 stays the
 default, so a served answer is what ``predict_image`` gives.
 """
