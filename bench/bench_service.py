@@ -327,6 +327,7 @@ def side_by_side(
     levels: tuple[int, ...],
     duration: float,
     flags: tuple[str, ...],
+    model: str,
 ) -> dict[str, dict[int, Load]]:
     """Every variant at every level, the variants interleaved level by level so
     that the machine's other jobs spread over all of them."""
@@ -344,7 +345,7 @@ def side_by_side(
         }
         try:
             for server in servers.values():
-                server.wait_serving()
+                server.wait_serving((model,))
             for clients in levels:
                 for name, server in servers.items():
                     results[name][clients] = measured_load(server, png, clients, duration)
@@ -363,7 +364,12 @@ def measured_load(server: ServerProcess, png: bytes, clients: int, duration: flo
 
 
 def thread_sweep(
-    repository: pathlib.Path, workdir: pathlib.Path, png: bytes, duration: float, flags: tuple[str, ...]
+    repository: pathlib.Path,
+    workdir: pathlib.Path,
+    png: bytes,
+    duration: float,
+    flags: tuple[str, ...],
+    model: str,
 ) -> dict:
     """Throughput at 8 clients with batching on, per TensorFlow thread setting."""
     results = {}
@@ -378,7 +384,7 @@ def thread_sweep(
             str(inter),
         )
         try:
-            server.wait_serving()
+            server.wait_serving((model,))
             results[(intra, inter)] = measured_load(server, png, 8, duration)
         finally:
             server.terminate()
@@ -606,18 +612,18 @@ def main() -> None:
         server = ServerProcess(repository, workdir / "server.log", *flags)
         reduced = ServerProcess(repository, workdir / "bfloat16.log", *flags, "--precision", "bfloat16")
         try:
-            server.wait_serving()
+            server.wait_serving((name,))  # "" is ready once the first of the models is
             measured = {
                 label: (png, *paired(pipeline, server.target, png, args.runs))
                 for label, png in images.items()
             }
-            reduced.wait_serving()
+            reduced.wait_serving((name,))
             agreement = precision_agreement(servable, sources, reduced.target, args.agreement)
         finally:
             server.terminate()
             reduced.terminate()
-        loads = side_by_side(repository, workdir, images["canvas"], (1, 4, 8, 16), args.duration, flags)
-        threads = thread_sweep(repository, workdir, images["canvas"], args.duration, flags)
+        loads = side_by_side(repository, workdir, images["canvas"], (1, 4, 8, 16), args.duration, flags, name)
+        threads = thread_sweep(repository, workdir, images["canvas"], args.duration, flags, name)
     text = report(args, model, measured, paths, loads, floors, threads, agreement)
     pathlib.Path(args.output).write_text(text)
     print(text)
