@@ -38,7 +38,7 @@ from PIL import Image
 
 from model_ops.datasets.megapixel_digits import CanvasSpec, make_layout, render_canvas
 from model_ops.lowres import low_resolution_size, low_resolution_view
-from service.pipeline import codecs, decode
+from service.pipeline import codecs, decode, png
 from service.pipeline.payload import EncodedImage
 from service.pipeline.sources import ImageSource, InMemorySource, SourceLimits, SourceRegistry
 
@@ -107,7 +107,11 @@ def decode_stage(data: bytes, channels: int) -> object:
 def chosen(data: bytes, channels: int) -> str:
     """Which decoder ``decode_image`` runs on ``data``."""
     with Image.open(io.BytesIO(data)) as image:
-        return "imagecodecs" if codecs.samples(image, data, channels) is not None else "Pillow"
+        samples = codecs.samples(image, data, channels)
+    if samples is None:
+        return "Pillow"
+    plain_png = png.decode(data, codecs.aligned_empty(samples.shape, samples.dtype)) is not None
+    return "libdeflate + op library" if plain_png else "imagecodecs"
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -257,7 +261,13 @@ def raw_decoders(pixels: np.ndarray, repeats: int) -> list[str]:
         "PNG": (
             "PNG",
             {},
-            {"png_decode (libpng)": imagecodecs.png_decode, "spng_decode": imagecodecs.spng_decode},
+            {
+                "png_decode (libpng)": imagecodecs.png_decode,
+                "spng_decode": imagecodecs.spng_decode,
+                "libdeflate + ats_png_unfilter (the server's)": lambda d: png.decode(
+                    d, codecs.aligned_empty(pixels.shape, pixels.dtype)
+                ),
+            },
         ),
         "JPEG q90": (
             "JPEG",
@@ -421,7 +431,7 @@ def predictions(predict, n_canvases: int) -> tuple[list[str], dict[str, int]]:
 
 def reading(rows: list[Row], changed: dict[str, int], n_canvases: int) -> list[str]:
     """What the tables decide, from their numbers."""
-    ratios = [r.pillow_ms / r.new_ms for r in rows if r.decoder == "imagecodecs"]
+    ratios = [r.pillow_ms / r.new_ms for r in rows if r.decoder != "Pillow"]
     same_code = [r.pillow_ms / r.new_ms for r in rows if r.decoder == "Pillow"]
     webp = [r for r in rows if r.encoding.startswith("WebP")]
     return [
@@ -429,7 +439,8 @@ def reading(rows: list[Row], changed: dict[str, int], n_canvases: int) -> list[s
         f"{max(r.max_difference for r in rows)}), JPEG included: both builds are libjpeg-turbo with the "
         f"same defaults; the shipped model's classes changed on {changed['PNG: imagecodecs vs Pillow']} and "
         f"{changed['JPEG q90: imagecodecs vs Pillow']} of {n_canvases} held-out canvases (PNG, JPEG).",
-        f"- Speed where imagecodecs decodes: Pillow / now from {min(ratios):.2f} to {max(ratios):.2f} "
+        f"- Speed where imagecodecs decodes (plain PNGs: libdeflate, then the op library's row filters, "
+        f"service/pipeline/png.py): Pillow / now from {min(ratios):.2f} to {max(ratios):.2f} "
         f"(median {statistics.median(ratios):.2f}). Rows where both columns run the same code (decoder "
         f"now: Pillow) show the noise of this machine: {min(same_code):.2f} to {max(same_code):.2f}. "
         "Pillow keeps uncompressed TIFFs (its raw reader is a copy already, and libtiff reads damaged "
