@@ -30,6 +30,9 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # IHDR colour types of the layouts taken here: samples per pixel.
 _BANDS = {0: 1, 2: 3, 4: 2, 6: 4}
 _KNOWN_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+# Encoders write image data in chunks of 8 KB and more (libpng, Pillow, zlib's
+# buffer); the walk allows 4096 chunks, or one per 4 KB of a larger file.
+_MIN_CHUNKS, _BYTES_PER_CHUNK = 4096, 4096
 
 
 @functools.cache
@@ -86,7 +89,12 @@ def _image_data(data: bytes) -> tuple[tuple[int, int, int, int], bytes] | None:
     parts: list[memoryview] = []
     ended_idat = False
     position = len(_SIGNATURE)
+    # Chunks are walked in Python: a file of countless tiny chunks goes to libpng, which walks them in C.
+    chunks_left = max(_MIN_CHUNKS, len(data) // _BYTES_PER_CHUNK)
     while position + 12 <= len(data):
+        chunks_left -= 1
+        if chunks_left < 0:
+            return None
         length, kind = struct.unpack_from(">I4s", data, position)
         end = position + 8 + length
         if end + 4 > len(data):

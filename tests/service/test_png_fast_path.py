@@ -152,6 +152,18 @@ NOT_PLAIN = {
 }
 
 
+def test_countless_tiny_chunks_are_left_to_libpng():
+    """Chunks are walked in Python: past 4096 (or one per 4 KB) the file goes to libpng."""
+    pixels = picture("L", 100, 100)
+    many = png_file(pixels, "L", [1] * 100, split=5000)
+    assert many.count(b"IDAT") > 4096 and len(many) < 4096 * 4096
+    assert fast(many, pixels) is None
+    np.testing.assert_array_equal(decode.decode_image(many, 1, 10**6, 1 << 20)[..., 0], pixels)
+    fewer = png_file(pixels, "L", [1] * 100, split=4000)
+    assert fewer.count(b"IDAT") < 4096
+    np.testing.assert_array_equal(fast(fewer, pixels), pixels)
+
+
 @pytest.mark.parametrize("name", sorted(NOT_PLAIN))
 def test_files_that_are_not_whole_and_plain_fall_back(name):
     assert fast(NOT_PLAIN[name], PIXELS) is None

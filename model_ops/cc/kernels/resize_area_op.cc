@@ -2,8 +2,9 @@
 // input row it covers (first and last pixels weighted by their overlap) and
 // then adds the row sums weighted by their rows' overlap, one output pixel
 // after another, each chain of float additions waiting on its own latency.
-// Here a row's sums for all output columns are made in one pass over the row
-// and the weighted rows are added for all columns at once: the same float
+// Here the covered rows are converted to float once and summed eight at a
+// time, their chains interleaved, for all output columns of the row; then the
+// weighted row sums are added for all columns at once: the same float
 // operations in the same order for every output value, so the same results.
 #include <algorithm>
 #include <cmath>
@@ -152,9 +153,8 @@ class ResizeAreaOp : public OpKernel {
           row_scales.push_back(Overlap(i, in0, in1, height_scale));
           rows.push_back(image + Bound(i, in_height) * row_stride);
         }
-        // Each covered row summed over every output column's span (the
-        // spans' chains are independent, so they overlap in the CPU), then
-        // the rows weighted and added in order, all columns at once.
+        // Each covered row summed over every output column's span, kRows
+        // rows at a time, then the rows weighted and added in order.
         const size_t n = rows.size();
         const int64_t width = out_width * channels;
         sums.resize(n * width);
