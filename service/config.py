@@ -16,6 +16,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from service.precision import PRECISIONS
+
 MiB = 1 << 20
 # The shipped models/ holds a one-level and a two-level model; requests that
 # name none get this one.
@@ -114,7 +116,7 @@ class Config:
         "float32",
         "arithmetic of the models: float32 (theirs) or bfloat16 (oneDNN mixed precision on CPUs "
         "with AVX512_BF16 or AMX: faster, answers move a little; bench/results/service.md)",
-        choices=("float32", "bfloat16"),
+        choices=PRECISIONS,
     )
     intra_op_threads: int = _setting(
         0, "threads one TensorFlow op may use (0: TensorFlow's default, one per core)"

@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import tensorflow as tf
-
 PRECISIONS = ("float32", "bfloat16")
 # /proc/cpuinfo flags of the instructions oneDNN runs bfloat16 with; without
 # them it emulates bfloat16, slower than float32.
@@ -54,4 +52,6 @@ def apply(precision: str) -> None:
             "--precision bfloat16 needs a CPU with AVX512_BF16 or AMX instructions; this one has "
             "neither, and emulated bfloat16 runs slower than float32"
         )
+    import tensorflow as tf  # here: the configuration imports PRECISIONS before TensorFlow loads
+
     tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})

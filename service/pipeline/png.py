@@ -29,7 +29,6 @@ import numpy as np
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # IHDR colour types of the layouts taken here: samples per pixel.
 _BANDS = {0: 1, 2: 3, 4: 2, 6: 4}
-_KNOWN_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 # Encoders write image data in chunks of 8 KB and more (libpng, Pillow, zlib's
 # buffer); the walk allows 4096 chunks, or one per 4 KB of a larger file.
 _MIN_CHUNKS, _BYTES_PER_CHUNK = 4096, 4096
@@ -119,7 +118,7 @@ def _image_data(data: bytes) -> tuple[tuple[int, int, int, int], bytes] | None:
         elif kind == b"PLTE":  # a suggested palette, for colour only, before the image data
             if header[3] not in (2, 6) or parts:
                 return None
-        elif kind in _KNOWN_CRITICAL or kind[0] & 0x20 == 0:  # a second IHDR, an unknown critical chunk
+        elif kind[0] & 0x20 == 0:  # critical (upper-case first letter): a second IHDR or an unknown one
             return None
         else:
             ended_idat = bool(parts)
